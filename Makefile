@@ -1,0 +1,79 @@
+# snapfusion — the two commands:  make demo   and   make test
+# Both install what is missing (Debian packages, a virtual environment in .venv), build, run.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+APT_PACKAGES := libxnnpack-dev libpthreadpool-dev libcpuinfo-dev gcc make
+CC ?= cc
+# CI=true (set by .ci/run) turns warnings into errors.
+ifeq ($(CI),true)
+SF_WERROR := 1
+endif
+export SF_WERROR
+
+ENGINE_SRC := $(wildcard csrc/*.c)
+ENGINE_HDR := $(wildcard csrc/*.h csrc/include/*.h csrc/python/*.h)
+GLUE_SRC := $(wildcard csrc/python/*.c)
+CTEST_SRC := $(wildcard tests/c/test_*.c)
+CFLAGS_C := -std=c11 -g -O1 -Wall -Wextra -Wshadow -Wstrict-prototypes -Werror \
+            -Wno-missing-field-initializers -D_GNU_SOURCE -Icsrc/include -Icsrc -Itests/c
+SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+LIBS := -lXNNPACK -lpthreadpool -lm -lpthread
+
+.PHONY: demo test test-c test-py build deps apt venv clean bench
+
+demo: build
+	$(PY) -m snapfusion selfcheck
+
+test: build test-c test-py
+
+# ---- set-up ---------------------------------------------------------------------------------
+apt: $(VENV)/.apt-stamp
+$(VENV)/.apt-stamp:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+venv: $(VENV)/.venv-stamp
+$(VENV)/.venv-stamp: pyproject.toml | $(VENV)/.apt-stamp
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "setuptools>=64" wheel numpy
+	$(PIP) install -q -e ".[test]" --no-build-isolation
+	touch $@
+
+deps: apt venv
+
+# ---- build ----------------------------------------------------------------------------------
+build: deps snapfusion/_engine.stamp
+snapfusion/_engine.stamp: $(ENGINE_SRC) $(GLUE_SRC) $(ENGINE_HDR) setup.py
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+# ---- tests ----------------------------------------------------------------------------------
+# C tests without Python, under AddressSanitizer + UndefinedBehaviorSanitizer.
+build-c/%: tests/c/%.c $(ENGINE_SRC) $(ENGINE_HDR) tests/c/sf_test.h | $(VENV)/.apt-stamp
+	@mkdir -p build-c
+	$(CC) $(CFLAGS_C) $(SAN) -o $@ $< $(ENGINE_SRC) $(LIBS)
+
+test-c: $(patsubst tests/c/%.c,build-c/%,$(CTEST_SRC))
+	@set -e; for t in $^; do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ./$$t; done
+
+test-py: build
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q tests/python
+
+bench: build
+	$(PY) benchmarks/bench_ops.py
+
+clean:
+	rm -rf build build-c snapfusion/_engine*.so snapfusion/_engine.stamp *.egg-info

@@ -1,0 +1,59 @@
+/*
+ * sf_internal.h — helpers shared by the engine's C files (never installed, never included by
+ * the Python glue except through snapfusion.h).
+ */
+#ifndef SF_INTERNAL_H
+#define SF_INTERNAL_H
+
+#include <pthreadpool.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "snapfusion.h"
+
+/* Record a failure for the calling thread and return `status` (printf-style message). */
+sf_status sf_error(sf_status status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Evaluate an sf_status expression; on failure jump to `fail` with `st` set. */
+#define SF_CHECK(expr)                                                                         \
+    do {                                                                                       \
+        st = (expr);                                                                           \
+        if (st != SF_OK)                                                                       \
+            goto fail;                                                                         \
+    } while (0)
+
+/* Fail with a message: set st and jump to `fail`. */
+#define SF_FAIL(status, ...)                                                                   \
+    do {                                                                                       \
+        st = sf_error((status), __VA_ARGS__);                                                  \
+        goto fail;                                                                             \
+    } while (0)
+
+/* Overflow-checked size arithmetic: return false on overflow. */
+static inline bool sf_mul_ok(size_t a, size_t b, size_t *out) {
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool sf_add_ok(size_t a, size_t b, size_t *out) {
+    return !__builtin_add_overflow(a, b, out);
+}
+/* a*b*c*... for n factors; false on overflow. */
+bool sf_mul_n_ok(size_t *out, int n, ...);
+
+/* Aligned allocation (64 bytes) with `SF_EXTRA_BYTES` of readable padding past the end. */
+#define SF_ALIGN 64
+#define SF_EXTRA_BYTES 64
+void *sf_aligned_alloc(size_t bytes);
+void sf_aligned_free(void *p);
+
+/* The shared thread pool. Compute code brackets its use of the pool with sf_compute_begin /
+ * sf_compute_end (a read lock: sf_set_num_threads waits until no computation runs).
+ * sf_compute_begin initializes the engine on first use. */
+sf_status sf_compute_begin(pthreadpool_t *pool_out);
+void sf_compute_end(void);
+
+/* Name of an XNNPACK status (for messages). */
+const char *sf_xnn_status_str(int xnn_status);
+
+#endif /* SF_INTERNAL_H */

@@ -1,0 +1,221 @@
+/* sf_runtime.c — engine initialization, the shared thread pool, CPU features, allocation. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dirent.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <xnnpack.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
+
+#include "sf_internal.h"
+
+static pthread_once_t sf_once = PTHREAD_ONCE_INIT;
+static sf_status sf_init_status = SF_OK;
+static char sf_init_message[512];
+static pthread_rwlock_t sf_pool_lock = PTHREAD_RWLOCK_INITIALIZER;
+static pthreadpool_t sf_pool = NULL;
+static int sf_threads = 1;
+
+const char *sf_version(void) {
+    return "0.1.0";
+}
+
+const char *sf_xnn_status_str(int s) {
+    switch ((enum xnn_status)s) {
+    case xnn_status_success: return "success";
+    case xnn_status_uninitialized: return "uninitialized";
+    case xnn_status_invalid_parameter: return "invalid parameter";
+    case xnn_status_invalid_state: return "invalid state";
+    case xnn_status_unsupported_parameter: return "unsupported parameter";
+    case xnn_status_unsupported_hardware: return "unsupported hardware";
+    case xnn_status_out_of_memory: return "out of memory";
+    }
+    return "unknown XNNPACK status";
+}
+
+/* Count distinct (package, core) pairs in sysfs; fall back to the online CPU count. */
+int sf_physical_cores(void) {
+    static int cached = 0;
+    if (cached > 0)
+        return cached;
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    if (online < 1)
+        online = 1;
+    enum { MAXC = 4096 };
+    static long keys[MAXC];
+    int nkeys = 0;
+    for (long cpu = 0; cpu < online && cpu < MAXC; cpu++) {
+        char path[128];
+        long core = -1, pkg = 0;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%ld/topology/core_id", cpu);
+        FILE *f = fopen(path, "r");
+        if (!f) {
+            nkeys = 0;
+            break;
+        }
+        if (fscanf(f, "%ld", &core) != 1)
+            core = -1;
+        fclose(f);
+        snprintf(path, sizeof path,
+                 "/sys/devices/system/cpu/cpu%ld/topology/physical_package_id", cpu);
+        f = fopen(path, "r");
+        if (f) {
+            if (fscanf(f, "%ld", &pkg) != 1)
+                pkg = 0;
+            fclose(f);
+        }
+        if (core < 0) {
+            nkeys = 0;
+            break;
+        }
+        long key = pkg * 100000 + core;
+        int seen = 0;
+        for (int i = 0; i < nkeys; i++)
+            if (keys[i] == key)
+                seen = 1;
+        if (!seen)
+            keys[nkeys++] = key;
+    }
+    cached = nkeys > 0 ? nkeys : (int)online;
+    return cached;
+}
+
+static void sf_do_init(void) {
+    enum xnn_status xs = xnn_initialize(NULL);
+    if (xs != xnn_status_success) {
+        sf_init_status = SF_ERR_XNNPACK;
+        snprintf(sf_init_message, sizeof sf_init_message, "xnn_initialize failed: %s",
+                 sf_xnn_status_str(xs));
+        return;
+    }
+    int n = sf_physical_cores();
+    const char *env = getenv("SNAPFUSION_NUM_THREADS");
+    if (env && *env) {
+        long v = strtol(env, NULL, 10);
+        if (v >= 1 && v <= 1024)
+            n = (int)v;
+    }
+    sf_pool = n > 1 ? pthreadpool_create((size_t)n) : NULL;
+    if (n > 1 && !sf_pool) {
+        sf_init_status = SF_ERR_OOM;
+        snprintf(sf_init_message, sizeof sf_init_message, "pthreadpool_create(%d) failed", n);
+        return;
+    }
+    sf_threads = n;
+}
+
+sf_status sf_init(void) {
+    pthread_once(&sf_once, sf_do_init);
+    if (sf_init_status != SF_OK)
+        return sf_error(sf_init_status, "%s", sf_init_message);
+    return SF_OK;
+}
+
+sf_status sf_set_num_threads(int n) {
+    if (n < 1 || n > 1024)
+        return sf_error(SF_ERR_INVALID_ARG, "thread count must be in [1, 1024], got %d", n);
+    sf_status st = sf_init();
+    if (st != SF_OK)
+        return st;
+    pthread_rwlock_wrlock(&sf_pool_lock);
+    if (n != sf_threads) {
+        pthreadpool_t fresh = n > 1 ? pthreadpool_create((size_t)n) : NULL;
+        if (n > 1 && !fresh) {
+            pthread_rwlock_unlock(&sf_pool_lock);
+            return sf_error(SF_ERR_OOM, "pthreadpool_create(%d) failed", n);
+        }
+        pthreadpool_destroy(sf_pool);
+        sf_pool = fresh;
+        sf_threads = n;
+    }
+    pthread_rwlock_unlock(&sf_pool_lock);
+    return SF_OK;
+}
+
+int sf_get_num_threads(void) {
+    sf_init();
+    return sf_threads;
+}
+
+sf_status sf_compute_begin(pthreadpool_t *pool_out) {
+    sf_status st = sf_init();
+    if (st != SF_OK)
+        return st;
+    pthread_rwlock_rdlock(&sf_pool_lock);
+    *pool_out = sf_pool;
+    return SF_OK;
+}
+
+void sf_compute_end(void) {
+    pthread_rwlock_unlock(&sf_pool_lock);
+}
+
+void sf_get_cpu_features(sf_cpu_features *out) {
+    memset(out, 0, sizeof *out);
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a, b, c, d;
+    unsigned max_leaf = __get_cpuid_max(0, NULL);
+    int os_avx = 0, os_avx512 = 0, os_amx = 0;
+    if (__get_cpuid(1, &a, &b, &c, &d)) {
+        out->fma = (c >> 12) & 1;
+        if ((c >> 27) & 1) { /* OSXSAVE */
+            unsigned xlo, xhi;
+            __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+            os_avx = (xlo & 0x6) == 0x6;
+            os_avx512 = (xlo & 0xe6) == 0xe6;
+            os_amx = (xhi & 0x6) == 0x6; /* XCR0 bits 17, 18 */
+        }
+        if (!os_avx)
+            out->fma = 0;
+    }
+    if (max_leaf >= 7) {
+        __cpuid_count(7, 0, a, b, c, d);
+        out->avx2 = os_avx && ((b >> 5) & 1);
+        out->avx512f = os_avx512 && ((b >> 16) & 1);
+        out->avx512bw = os_avx512 && ((b >> 30) & 1);
+        out->avx512vl = os_avx512 && ((b >> 31) & 1);
+        out->avx512vnni = os_avx512 && ((c >> 11) & 1);
+        out->avx512fp16 = os_avx512 && ((d >> 23) & 1);
+        out->amx_int8 = os_amx && ((d >> 25) & 1);
+        __cpuid_count(7, 1, a, b, c, d);
+        out->avx512bf16 = os_avx512 && ((a >> 5) & 1);
+    }
+#elif defined(__aarch64__)
+    out->neon = 1;
+#if defined(__linux__)
+    unsigned long hw = getauxval(AT_HWCAP);
+#ifdef HWCAP_ASIMDDP
+    out->neon_dot = (hw & HWCAP_ASIMDDP) != 0;
+#endif
+#ifdef HWCAP_ASIMDHP
+    out->neon_fp16 = (hw & HWCAP_ASIMDHP) != 0;
+#endif
+#endif
+#endif
+}
+
+void *sf_aligned_alloc(size_t bytes) {
+    size_t total;
+    if (!sf_add_ok(bytes, SF_EXTRA_BYTES + SF_ALIGN - 1, &total))
+        return NULL;
+    total &= ~(size_t)(SF_ALIGN - 1);
+    void *p = NULL;
+    if (posix_memalign(&p, SF_ALIGN, total) != 0)
+        return NULL;
+    return p;
+}
+
+void sf_aligned_free(void *p) {
+    free(p);
+}
