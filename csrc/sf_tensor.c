@@ -244,6 +244,38 @@ sf_status sf_arena_alloc(sf_arena *a, size_t bytes, void **out) {
     return SF_OK;
 }
 
+sf_arena_mark_t sf_arena_mark(const sf_arena *a) {
+    sf_arena_mark_t m = {0, 0, 0};
+    if (!a)
+        return m;
+    size_t idx = 0;
+    const sf_chunk *c = a->head;
+    while (c && c->next) {
+        c = c->next;
+        idx++;
+    }
+    m.chunk = idx;
+    m.offset = c ? c->used : 0;
+    m.used = a->used;
+    return m;
+}
+
+sf_status sf_arena_release(sf_arena *a, sf_arena_mark_t m) {
+    if (!a)
+        return sf_error(SF_ERR_INVALID_ARG, "sf_arena_release: NULL arena");
+    if (m.used > a->used)
+        return sf_error(SF_ERR_INVALID_ARG, "sf_arena_release: mark is past the current position");
+    size_t idx = 0;
+    for (sf_chunk *c = a->head; c; c = c->next, idx++) {
+        if (idx == m.chunk)
+            c->used = m.offset;
+        else if (idx > m.chunk)
+            c->used = 0;
+    }
+    a->used = m.used;
+    return SF_OK;
+}
+
 size_t sf_arena_used(const sf_arena *a) {
     return a ? a->used : 0;
 }

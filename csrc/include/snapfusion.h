@@ -143,6 +143,13 @@ void sf_arena_destroy(sf_arena *arena);
 sf_status sf_arena_reset(sf_arena *arena);
 /* Allocate `bytes` (rounded up to 64, plus over-read padding for SIMD/XNNPACK). */
 sf_status sf_arena_alloc(sf_arena *arena, size_t bytes, void **out);
+/* Stack discipline: sf_arena_mark returns the current position; sf_arena_release frees
+ * everything allocated after it (blocks allocate their scratch, compute, then release). */
+typedef struct {
+    size_t chunk, offset, used;
+} sf_arena_mark_t;
+sf_arena_mark_t sf_arena_mark(const sf_arena *arena);
+sf_status sf_arena_release(sf_arena *arena, sf_arena_mark_t mark);
 /* Bytes handed out since the last reset, and the largest such figure seen. */
 size_t sf_arena_used(const sf_arena *arena);
 size_t sf_arena_high_water(const sf_arena *arena);

@@ -83,7 +83,35 @@ static void test_arena(void) {
     sf_arena_destroy(NULL);
 }
 
+static void test_arena_stack(void) {
+    sf_arena *a = NULL;
+    EXPECT_OK(sf_arena_create(&a));
+    size_t allocs = 0;
+    for (int pass = 0; pass < 4; pass++) {
+        EXPECT_OK(sf_arena_reset(a));
+        void *keep = NULL, *tmp = NULL;
+        EXPECT_OK(sf_arena_alloc(a, 3u << 20, &keep)); /* a long-lived activation */
+        for (int blk = 0; blk < 5; blk++) {
+            sf_arena_mark_t m = sf_arena_mark(a);
+            EXPECT_OK(sf_arena_alloc(a, (size_t)(blk + 1) << 20, &tmp)); /* block scratch */
+            memset(tmp, 1, (size_t)(blk + 1) << 20);
+            EXPECT_OK(sf_arena_release(a, m));
+            EXPECT(sf_arena_used(a) == m.used);
+        }
+        if (pass == 1)
+            allocs = sf_arena_system_allocs(a);
+        if (pass > 1)
+            EXPECT(sf_arena_system_allocs(a) == allocs); /* steady state after one merge */
+    }
+    /* live peak: 3 MiB + 5 MiB (+ padding) */
+    EXPECT(sf_arena_high_water(a) < (9u << 20));
+    sf_arena_mark_t bad = {0, 0, (size_t)1 << 40};
+    EXPECT_STATUS(sf_arena_release(a, bad), SF_ERR_INVALID_ARG);
+    sf_arena_destroy(a);
+}
+
 int main(void) {
+    test_arena_stack();
     test_status();
     test_threads();
     test_dtypes();
