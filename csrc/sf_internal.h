@@ -53,6 +53,9 @@ void sf_aligned_free(void *p);
 sf_status sf_compute_begin(pthreadpool_t *pool_out);
 void sf_compute_end(void);
 
+/* Add to the MAC counter (relaxed atomic). */
+void sf_mac_counter_add(uint64_t macs);
+
 /* Name of an XNNPACK status (for messages). */
 const char *sf_xnn_status_str(int xnn_status);
 

@@ -4,6 +4,7 @@
 #endif
 #include <dirent.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,20 @@ static char sf_init_message[512];
 static pthread_rwlock_t sf_pool_lock = PTHREAD_RWLOCK_INITIALIZER;
 static pthreadpool_t sf_pool = NULL;
 static int sf_threads = 1;
+
+static _Atomic uint64_t sf_macs = 0;
+
+void sf_mac_counter_reset(void) {
+    atomic_store_explicit(&sf_macs, 0, memory_order_relaxed);
+}
+
+uint64_t sf_mac_counter(void) {
+    return atomic_load_explicit(&sf_macs, memory_order_relaxed);
+}
+
+void sf_mac_counter_add(uint64_t macs) {
+    atomic_fetch_add_explicit(&sf_macs, macs, memory_order_relaxed);
+}
 
 const char *sf_version(void) {
     return "0.1.0";

@@ -13,12 +13,19 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("data", "eval", "nn", "train", "tokenizer")
+_LAZY_SUBMODULES = ("data", "eval", "nn", "train", "tokenizer", "schedulers", "convert",
+                    "components", "pipeline", "distributed")
+_LAZY_ATTRS = {"Pipeline": "pipeline", "PipelineOutput": "pipeline",
+               "CLIPTokenizer": "tokenizer"}
+
+__all__ = ["Pipeline", "PipelineOutput", "CLIPTokenizer", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY_ATTRS:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY_ATTRS[name]}"), name)
     if name == "engine":
         return importlib.import_module(f"{__name__}._engine")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,23 +1,234 @@
-"""The ``snapfusion`` command line."""
+"""The ``snapfusion`` command line: generate, info, selfcheck, eval."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = text.lower().split("x")
+        return int(w), int(h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512x512, got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from PIL import PngImagePlugin
+
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.model, threads=args.threads, scheduler=args.scheduler)
+    width, height = args.size if args.size else (None, None)
+    out = pipe(args.prompt, negative_prompt=args.negative, num_inference_steps=args.steps,
+               guidance_scale=args.guidance, height=height, width=width, seed=args.seed)
+    image = out.images[0]
+    params = {
+        "prompt": args.prompt, "negative_prompt": args.negative, "steps": args.steps,
+        "guidance_scale": args.guidance, "seed": args.seed, "size": list(image.size),
+        "scheduler": type(pipe.scheduler).__name__, "model": pipe.name,
+    }
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", json.dumps(params))
+    info.add_text("software", "snapfusion")
+    path = Path(args.output)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True)
+    image.save(path, pnginfo=info)
+    t = out.timings
+    print(f"wrote {path} ({image.size[0]}x{image.size[1]}) in {t['total']:.2f} s: "
+          f"text {t['text_encoder']:.3f} s, UNet {sum(t['unet']):.2f} s over {len(t['unet'])} "
+          f"steps, decoder {t['decoder']:.2f} s")
+    return 0
+
+
+def _count_params(folder: Path) -> int:
+    from . import _engine
+    from .components import find_weights
+
+    total = 0
+    with _engine.SafeTensors(find_weights(folder)) as st:
+        for name in st.keys():
+            _, shape = st.info(name)
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+    return total
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .pipeline import Pipeline, default_model_path
+
+    root = Path(args.model) if args.model else default_model_path()
+    pipe = Pipeline.from_pretrained(root, threads=args.threads)
+    print(f"model: {root}")
+    for comp in ("text_encoder", "unet", "vae"):
+        n = _count_params(root / comp)
+        print(f"  {comp:13s} {n / 1e6:10.3f} M parameters")
+    print(f"  scheduler     {type(pipe.scheduler).__name__}")
+    width, height = args.size if args.size else (pipe.default_size, pipe.default_size)
+    macs = unet_macs(pipe, height, width)
+    print(f"  UNet at {width}x{height}: {macs / 1e9:.2f} GMAC per call (batch 1)")
+    return 0
+
+
+def unet_macs(pipe: Any, height: int, width: int) -> float:
+    """Multiply-accumulates of one UNet call at batch 1, counted by the engine while it runs."""
+    import numpy as np
+
+    from . import _engine
+
+    f = pipe.vae_scale_factor
+    x = np.zeros((1, pipe.unet.in_channels, height // f, width // f), np.float32)
+    ctx = np.zeros((1, 77, pipe.unet.cross_attention_dim), np.float32)
+    _engine.reset_mac_counter()
+    pipe.unet(x, 1, ctx)
+    return float(_engine.mac_counter())
+
+
+def _guidance_list(text: str) -> list[float]:
+    from .eval.report import parse_guidance
+
+    try:
+        return parse_guidance(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.report import EvalSettings, run_evaluation
+
+    settings = EvalSettings(
+        student=args.student, teacher=args.teacher, prompts=args.prompts,
+        reference_images=args.reference_images, n=args.n, steps_student=args.steps_student,
+        steps_teacher=args.steps_teacher, guidance=args.guidance, seeds=args.seeds,
+        size=args.size, negative_prompt=args.negative, fid_weights=args.fid_weights,
+        clip_model=args.clip_model, output=args.output, dask=args.dask,
+        swap_decoder=args.swap_decoder, threads=args.threads, shard_size=args.shard_size,
+        accuracy={"auto": "auto", "on": True, "off": False}[args.accuracy],
+        fid_dims=args.fid_dims, progress=not args.quiet)
+    try:
+        report = run_evaluation(settings)
+    except RuntimeError as exc:  # a Dask shard that kept failing
+        print(f"snapfusion eval: error: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.output)
+    ref = report["reference"]
+    ref_text = (f"{ref['n']} reference images" if ref["kind"] == "images"
+                else f"teacher images at guidance {ref['guidance']:g}")
+    print(f"FID against {ref_text}; {report['generation']['generated']} images generated, "
+          f"{report['generation']['reused']} reused")
+    print(f"{'model':8s} {'guidance':>8s} {'FID':>10s} {'CLIP':>8s} {'accuracy':>8s}")
+    for model, rows in report["results"].items():
+        for r in rows:
+            acc = f"{r['accuracy']['overall']:.3f}" if r["accuracy"] else "-"
+            print(f"{model:8s} {r['guidance']:8g} {r['fid']:10.3f} {r['clip_score']:8.3f} "
+                  f"{acc:>8s}")
+    for model, lat in report["latency"].items():
+        if lat.get("images"):
+            print(f"{model}: text encoder {lat['text_encoder_ms']:.1f} ms, UNet "
+                  f"{lat['unet_steps']} x {lat['unet_step_ms']:.1f} ms, decoder "
+                  f"{lat['decoder_ms']:.1f} ms, total {lat['total_ms']:.1f} ms (median)")
+    print(f"wrote {out / 'report.json'} and plots in {out / 'plots'}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``snapfusion`` command; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="snapfusion", description=__doc__)
+    parser = argparse.ArgumentParser(prog="snapfusion",
+                                     description="Fast text-to-image diffusion on CPUs.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("selfcheck", help="engine versions, CPU features, SD-sized blocks timed")
-    p.add_argument("--threads", type=int, default=None, help="engine threads (default: cores)")
-    p.add_argument("--repeat", type=int, default=3, help="timed repeats per block")
+
+    g = sub.add_parser("generate", help="generate an image from a prompt")
+    g.add_argument("prompt")
+    g.add_argument("--model", default=None, help="model folder or file (default: embedded)")
+    g.add_argument("-o", "--output", default="out.png", help="PNG to write")
+    g.add_argument("--negative", default=None, help="negative prompt")
+    g.add_argument("--steps", type=_positive, default=None, help="denoising steps")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--size", type=_size, default=None, help="WxH, e.g. 512x512")
+    g.add_argument("--scheduler", default=None, help="scheduler class name")
+    g.add_argument("--threads", type=_positive, default=None)
+
+    i = sub.add_parser("info", help="components, parameter counts and MACs of a model")
+    i.add_argument("model", nargs="?", default=None)
+    i.add_argument("--size", type=_size, default=None, help="WxH for the MAC count")
+    i.add_argument("--threads", type=_positive, default=None)
+
+    s = sub.add_parser("selfcheck", help="engine versions, CPU features, SD-sized blocks timed")
+    s.add_argument("--threads", type=_positive, default=None, help="engine threads")
+    s.add_argument("--repeat", type=_positive, default=3, help="timed repeats per block")
+
+    e = sub.add_parser("eval", help="student vs teacher: FID, CLIP score and latency per "
+                                    "guidance scale, with a report and plots")
+    e.add_argument("--student", default=None,
+                   help="student model folder or file (default: the embedded model)")
+    e.add_argument("--teacher", required=True, help="teacher model folder or file")
+    e.add_argument("--prompts", required=True,
+                   help="prompt file: one prompt per line (# comments) or a JSON list")
+    e.add_argument("--reference-images", default=None,
+                   help="folder of reference images for FID (default: the teacher's images "
+                        "at the first guidance scale)")
+    e.add_argument("--n", type=_positive, default=None,
+                   help="images per model and guidance scale (default: one per prompt; "
+                        "more cycles the prompts)")
+    e.add_argument("--steps-student", type=_positive, default=8)
+    e.add_argument("--steps-teacher", type=_positive, default=50)
+    e.add_argument("--guidance", type=_guidance_list, default=[1.5, 3.0, 4.5, 6.0, 7.5],
+                   help="comma-separated guidance scales (default 1.5,3,4.5,6,7.5)")
+    e.add_argument("--seeds", default=None,
+                   help="first seed (7), a list (0,4,9) or a range (0-99); default 0, 1, ...")
+    e.add_argument("--size", type=_size, default=None, help="WxH (default: each model's)")
+    e.add_argument("--negative", default=None, help="negative prompt")
+    e.add_argument("--fid-weights", required=True,
+                   help="FID Inception weights (.safetensors or .safetensors.gz)")
+    e.add_argument("--fid-dims", type=int, default=2048, choices=(64, 192, 768, 2048))
+    e.add_argument("--clip-model", required=True, help="CLIP checkpoint folder")
+    e.add_argument("-o", "--output", required=True, help="report folder (reused to resume)")
+    e.add_argument("--dask", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address: generate on its workers")
+    e.add_argument("--shard-size", type=_positive, default=None,
+                   help="prompts per Dask task")
+    e.add_argument("--swap-decoder", choices=("teacher", "student"), default=None,
+                   help="both models decode with this model's VAE decoder")
+    e.add_argument("--accuracy", choices=("auto", "on", "off"), default="auto",
+                   help="attribute accuracy of world captions (auto: when all prompts parse)")
+    e.add_argument("--threads", type=_positive, default=None,
+                   help="engine threads (per Dask worker with --dask)")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
     args = parser.parse_args(argv)
-    if args.command == "selfcheck":
+    try:
+        if args.command == "generate":
+            if args.steps is None:
+                args.steps = 8 if args.model is None else 25
+            if args.guidance is None:
+                args.guidance = 7.5
+            return _cmd_generate(args)
+        if args.command == "info":
+            return _cmd_info(args)
+        if args.command == "eval":
+            return _cmd_eval(args)
         from . import selfcheck
 
-        if args.threads is not None and args.threads < 1:
-            parser.error("--threads must be >= 1")
         return selfcheck.main(threads=args.threads, repeat=args.repeat)
-    return 2
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"snapfusion {args.command}: error: {exc}", file=sys.stderr)
+        return 1

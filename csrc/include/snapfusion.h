@@ -99,6 +99,11 @@ void sf_get_cpu_features(sf_cpu_features *out);
 /* "0.1.0". */
 const char *sf_version(void);
 
+/* Process-wide count of multiply-accumulates performed by convolutions, fully connected layers
+ * and attention since the last reset (for MAC reports such as `snapfusion info`). */
+void sf_mac_counter_reset(void);
+uint64_t sf_mac_counter(void);
+
 /* Human-readable description of the compute path our own kernels took ("avx512", "avx2",
  * "generic"). */
 const char *sf_kernel_isa(void);
@@ -165,7 +170,8 @@ typedef struct {
     uint32_t kernel_h, kernel_w;
     uint32_t stride_h, stride_w;
     uint32_t pad_top, pad_left, pad_bottom, pad_right; /* asymmetric allowed */
-    uint32_t groups; /* 1 (dense) or in_channels == out_channels == groups (depthwise) */
+    uint32_t groups; /* 1 (dense), in_channels == out_channels == groups (depthwise), or any
+                      * divisor of both channel counts (grouped) */
     float output_min, output_max; /* fused clamp; -INFINITY/+INFINITY for none */
 } sf_conv2d_params;
 
@@ -175,7 +181,10 @@ void sf_conv2d_params_default(sf_conv2d_params *p);
 typedef struct sf_conv2d sf_conv2d;
 
 /* Create a 2-D convolution. weight: PyTorch layout (out, in/groups, kh, kw) float32; bias:
- * (out,) or NULL. Weights are packed at creation; the arrays may be freed afterwards. */
+ * (out,) or NULL. Weights are packed at creation; the arrays may be freed afterwards. Dense
+ * layers run on the engine's own AVX-512 GEMM where the CPU has it, else (and for depthwise or
+ * grouped layers, or with SNAPFUSION_GEMM=xnnpack in the environment) on XNNPACK. One operator
+ * runs one call at a time (concurrent calls on the same operator wait for each other). */
 sf_status sf_conv2d_create(const sf_conv2d_params *p, const float *weight, const float *bias,
                            sf_conv2d **out);
 /* Output spatial size for an input of h x w (SF_ERR_SHAPE if the kernel does not fit). */
@@ -275,7 +284,8 @@ typedef struct {
 } sf_attention_params;
 
 /* Bytes of scratch that sf_attention needs (independent of the data, O(threads * block *
- * (block + head_dim)); never O(q_len * kv_len)). */
+ * (block + head_dim)); never O(q_len * kv_len)). The size is for the current thread count:
+ * query it again after sf_set_num_threads. */
 sf_status sf_attention_workspace_size(const sf_attention_params *p, size_t *bytes);
 
 /* out = softmax(q k^T * scale [+ causal mask]) v per batch and head. workspace: at least
@@ -316,6 +326,351 @@ size_t sf_safetensors_metadata_count(const sf_safetensors *st);
 /* i-th metadata key/value pair (sorted by key); SF_ERR_INVALID_ARG if out of range. */
 sf_status sf_safetensors_metadata_at(const sf_safetensors *st, size_t i, const char **key,
                                      const char **value);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Weights: named tensors of a model, from one safetensors file                               */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A model's view of a safetensors file: lookups by the model's tensor names (optionally through
+ * a rename table, e.g. diffusers names -> the names of an original single-file checkpoint),
+ * conversion to float32 with shape checks, and bookkeeping of which tensors were used so that
+ * unexpected tensors are reported. Owns the safetensors handle. */
+typedef struct sf_weights sf_weights;
+
+sf_status sf_weights_open(const char *path, sf_weights **out);
+/* Take ownership of an opened safetensors handle (closed by sf_weights_close, also on error).
+ * `label` names the source in messages (e.g. the path). */
+sf_status sf_weights_from_safetensors(sf_safetensors *st, const char *label, sf_weights **out);
+void sf_weights_close(sf_weights *w);
+/* Model names are looked up as `prefix + name` in the file ("" for none). The string is copied. */
+sf_status sf_weights_set_prefix(sf_weights *w, const char *prefix);
+/* Explicit renames: model name -> file name (applied before the prefix is added). Copied. */
+sf_status sf_weights_add_rename(sf_weights *w, const char *model_name, const char *file_name);
+/* Label used in messages. */
+const char *sf_weights_label(const sf_weights *w);
+/* 1 if the model name exists in the file. */
+int sf_weights_has(const sf_weights *w, const char *name);
+/* The tensor for a model name, or NULL. Does not mark it used. */
+const sf_st_tensor *sf_weights_find(const sf_weights *w, const char *name);
+/* Load a float tensor (F32/F16/BF16 converted to float32) of exactly the given shape into a new
+ * buffer (free with sf_weights_free_buffer), and mark it used. Missing tensor -> SF_ERR_FORMAT,
+ * wrong shape -> SF_ERR_SHAPE, I8 data under a float name -> SF_ERR_FORMAT; messages name the
+ * file and the tensor. ndim may be 0 for scalars. */
+sf_status sf_weights_load_f32(sf_weights *w, const char *name, int ndim, const int64_t *shape,
+                              float **out);
+void sf_weights_free_buffer(float *buf);
+/* Number of tensors of the file under the prefix that were never loaded, and the first such
+ * name (NULL if none). */
+size_t sf_weights_unused(const sf_weights *w, const char **first_name);
+
+/* ------------------------------------------------------------------------------------------ */
+/* UNet (diffusers UNet2DConditionModel, with SnapFusion's elastic block list)                */
+/* ------------------------------------------------------------------------------------------ */
+
+#define SF_UNET_MAX_BLOCKS 8
+#define SF_UNET_MAX_LAYERS 8
+
+/* The architecture, as diffusers' unet/config.json describes it. Per-block arrays are indexed
+ * by down block (up block i uses down block n_blocks-1-i's entries, as diffusers reverses
+ * them). The elastic block list says, per layer, whether its ResNet is kept and how many
+ * transformer blocks its attention has (0 = none). */
+typedef struct {
+    size_t in_channels, out_channels;
+    size_t n_blocks;
+    size_t block_out_channels[SF_UNET_MAX_BLOCKS];
+    size_t layers_per_block[SF_UNET_MAX_BLOCKS];     /* down block i; up block has +1 */
+    size_t heads[SF_UNET_MAX_BLOCKS];                /* attention heads per down block */
+    int only_cross_attention[SF_UNET_MAX_BLOCKS];
+    size_t cross_attention_dim;
+    int has_mid_block;
+    size_t norm_num_groups;
+    float norm_eps;
+    int flip_sin_to_cos;
+    float freq_shift;
+    size_t time_embed_dim;                           /* 4 * block_out_channels[0] */
+    /* elastic block list (filled with the full architecture by default) */
+    int down_resnet[SF_UNET_MAX_BLOCKS][SF_UNET_MAX_LAYERS];
+    size_t down_attn[SF_UNET_MAX_BLOCKS][SF_UNET_MAX_LAYERS];
+    int mid_resnet[2];
+    size_t mid_attn;
+    int up_resnet[SF_UNET_MAX_BLOCKS][SF_UNET_MAX_LAYERS + 1]; /* indexed by up block */
+    size_t up_attn[SF_UNET_MAX_BLOCKS][SF_UNET_MAX_LAYERS + 1];
+} sf_unet_config;
+
+/* Parse diffusers' unet/config.json text (and its optional "elastic_blocks" entry, see
+ * docs/elastic_blocks.md). Unknown block types, non-numeric values and inconsistent lists give
+ * SF_ERR_FORMAT naming the key. */
+sf_status sf_unet_config_from_json(const char *json, size_t len, sf_unet_config *out);
+
+typedef struct sf_unet sf_unet;
+
+/* Build the UNet from its weights (diffusers names). Missing tensors, wrong shapes and, when
+ * strict, tensors the architecture does not use give SF_ERR_FORMAT / SF_ERR_SHAPE naming the
+ * file and tensor. The weights may be closed after creation. */
+sf_status sf_unet_create(const sf_unet_config *cfg, sf_weights *w, int strict, sf_unet **out);
+void sf_unet_destroy(sf_unet *u);
+const sf_unet_config *sf_unet_get_config(const sf_unet *u);
+
+/* Debug hook: called with a name ("conv_in", "down_block_0", "mid_block", "up_block_1", ...)
+ * and the activation (batch, h, w, c) after each stage. NULL disables. */
+typedef void (*sf_tensor_hook)(void *user, const char *name, const float *x, size_t batch,
+                               size_t h, size_t w, size_t c);
+void sf_unet_set_hook(sf_unet *u, sf_tensor_hook hook, void *user);
+
+/* One UNet call. sample: (B, H, W, in_channels) NHWC; timesteps: (B,) float; ctx: (B, ctx_len,
+ * cross_attention_dim); out: (B, H, W, out_channels). Activations live in the UNet's arena:
+ * after the first call at a shape, calls allocate nothing. */
+sf_status sf_unet_run(sf_unet *u, const float *sample, size_t batch, size_t h, size_t w,
+                      const float *timesteps, const float *ctx, size_t ctx_len, float *out);
+
+/* ------------------------------------------------------------------------------------------ */
+/* VAE (diffusers AutoencoderKL): encoder and decoder                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    size_t in_channels, out_channels, latent_channels;
+    size_t n_blocks;
+    size_t block_out_channels[SF_UNET_MAX_BLOCKS];         /* encoder */
+    size_t decoder_block_out_channels[SF_UNET_MAX_BLOCKS]; /* decoder (channel-reduced ones) */
+    size_t layers_per_block;
+    size_t norm_num_groups;
+    float scaling_factor;
+    int mid_attention;                      /* mid_block_add_attention */
+    int use_quant_conv, use_post_quant_conv;
+    size_t decoder_layers_per_block;        /* decoder levels have this + 1 ResNets */
+    size_t decoder_norm_num_groups;         /* GroupNorm groups of the decoder */
+} sf_vae_config;
+
+/* Parse vae/config.json (diffusers keys, plus the optional channel-reduced decoder keys
+ * "decoder_block_out_channels", "decoder_layers_per_block" and "decoder_norm_num_groups" of
+ * docs/elastic_blocks.md; absent, they equal the encoder's values). */
+sf_status sf_vae_config_from_json(const char *json, size_t len, sf_vae_config *out);
+
+typedef struct sf_vae sf_vae;
+
+/* Build the encoder and/or the decoder. strict: report tensors the built parts do not use
+ * (only meaningful when both parts are built). */
+sf_status sf_vae_create(const sf_vae_config *cfg, sf_weights *w, int encoder, int decoder,
+                        int strict, sf_vae **out);
+void sf_vae_destroy(sf_vae *v);
+const sf_vae_config *sf_vae_get_config(const sf_vae *v);
+void sf_vae_set_hook(sf_vae *v, sf_tensor_hook hook, void *user);
+/* Size of the decoded image for a latent of h x w (x 2^(n_blocks-1)). */
+void sf_vae_decoded_size(const sf_vae *v, size_t h, size_t w, size_t *oh, size_t *ow);
+/* Size of the latent for an image of h x w. */
+void sf_vae_encoded_size(const sf_vae *v, size_t h, size_t w, size_t *oh, size_t *ow);
+/* z: (B, h, w, latent) — not divided by scaling_factor here; img: (B, H, W, out_channels),
+ * unclamped. */
+sf_status sf_vae_decode(sf_vae *v, const float *z, size_t batch, size_t h, size_t w, float *img);
+/* x: (B, H, W, in_channels) in [-1, 1]; mean, std (and logvar if not NULL): (B, h, w, latent),
+ * logvar clamped to [-30, 20], std = exp(logvar / 2). */
+sf_status sf_vae_encode(sf_vae *v, const float *x, size_t batch, size_t h, size_t w, float *mean,
+                        float *std, float *logvar);
+
+/* ------------------------------------------------------------------------------------------ */
+/* CLIP text encoder (transformers CLIPTextModel)                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    size_t vocab_size, hidden_size, intermediate_size, num_layers, num_heads, max_positions;
+    sf_activation act; /* SF_ACT_QUICK_GELU or SF_ACT_GELU (hidden_act) */
+    float eps;
+    int64_t eos_token_id; /* 2 (legacy SD configs): pool at argmax(ids); else first eos */
+} sf_clip_config;
+
+/* Parse text_encoder/config.json (transformers keys). */
+sf_status sf_clip_config_from_json(const char *json, size_t len, sf_clip_config *out);
+
+typedef struct sf_clip sf_clip;
+
+/* Tensor names may carry the "text_model." prefix (transformers) or not. */
+sf_status sf_clip_create(const sf_clip_config *cfg, sf_weights *w, int strict, sf_clip **out);
+void sf_clip_destroy(sf_clip *c);
+const sf_clip_config *sf_clip_get_config(const sf_clip *c);
+/* ids: (B, L) with L <= max_positions and every id < vocab_size. hidden: (B, L, D) =
+ * final_layer_norm(output of layer num_layers - clip_skip), i.e. last_hidden_state for
+ * clip_skip 0 and diffusers' clip_skip semantics otherwise. pooled (B, D) or NULL: the final
+ * state at the pooling position. */
+sf_status sf_clip_run(sf_clip *c, const int64_t *ids, size_t batch, size_t len, size_t clip_skip,
+                      float *hidden, float *pooled);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Schedulers (diffusers' noise schedulers: same timesteps, scalings and trajectories)        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The samplers of diffusers, configured by the keys of a scheduler_config.json and reproducing
+ * diffusers v0.25.1 (float32 arithmetic where diffusers uses torch float32, float64 where it
+ * uses numpy), so that timesteps are equal and trajectories agree to float32 rounding.
+ *
+ *     sf_scheduler *s = NULL;
+ *     st = sf_scheduler_create_from_json(text, len, &s);      // scheduler_config.json
+ *     st = sf_scheduler_set_timesteps(s, 25);
+ *     size_t count;
+ *     const double *ts = sf_scheduler_timesteps(s, &count);   // count may exceed 25 (PNDM)
+ *     scale(x, sf_scheduler_init_noise_sigma(s));              // x: initial noise
+ *     for (size_t i = 0; i < count; i++) {
+ *         st = sf_scheduler_scale_model_input(s, i, x, n, x_in);
+ *         unet(x_in, ts[i], eps);
+ *         st = sf_scheduler_step(s, eps, x, n, noise_or_NULL, x);   // in place
+ *     }
+ *     sf_scheduler_destroy(s);
+ *
+ * A scheduler holds its multistep state (PNDM's previous outputs, DPM-Solver's, LMS's
+ * derivatives); its buffers are allocated on the first step at a sample size and reused. One
+ * scheduler serves one trajectory at a time and must not be used by two threads at once. */
+
+typedef enum {
+    SF_SCHEDULER_PNDM = 0,            /* PNDMScheduler */
+    SF_SCHEDULER_DDIM,                /* DDIMScheduler (eta = 0) */
+    SF_SCHEDULER_EULER,               /* EulerDiscreteScheduler */
+    SF_SCHEDULER_EULER_ANCESTRAL,     /* EulerAncestralDiscreteScheduler (noise from the caller) */
+    SF_SCHEDULER_DPMSOLVER_MULTISTEP, /* DPMSolverMultistepScheduler */
+    SF_SCHEDULER_LCM,                 /* LCMScheduler (noise from the caller) */
+    SF_SCHEDULER_LMS                  /* LMSDiscreteScheduler */
+} sf_scheduler_type;
+
+typedef enum { SF_PREDICT_EPSILON = 0, SF_PREDICT_V, SF_PREDICT_SAMPLE } sf_prediction_type;
+typedef enum {
+    SF_BETAS_LINEAR = 0,
+    SF_BETAS_SCALED_LINEAR,
+    SF_BETAS_SQUAREDCOS_CAP_V2
+} sf_beta_schedule;
+typedef enum {
+    SF_SPACING_LEADING = 0,
+    SF_SPACING_TRAILING,
+    SF_SPACING_LINSPACE
+} sf_timestep_spacing;
+/* DPM-Solver variants ("dpmsolver++", "dpmsolver", "sde-dpmsolver++"; the last one takes
+ * noise from the caller) and second-order updates ("midpoint", "heun"). */
+typedef enum { SF_DPM_PLUSPLUS = 0, SF_DPM_DPMSOLVER, SF_DPM_SDE_PLUSPLUS } sf_dpm_algorithm;
+typedef enum { SF_DPM_MIDPOINT = 0, SF_DPM_HEUN } sf_dpm_solver_type;
+/* Last sigma of Euler and DPM-Solver schedules. DEFAULT (key absent or null): diffusers
+ * v0.25.1 (Euler: 0; DPM-Solver: sigma at t=0, or the last Karras sigma). ZERO and SIGMA_MIN as
+ * the "final_sigmas_type" of later diffusers (ZERO makes DPM-Solver's last step first order). */
+typedef enum {
+    SF_FINAL_SIGMAS_DEFAULT = 0,
+    SF_FINAL_SIGMAS_ZERO,
+    SF_FINAL_SIGMAS_SIGMA_MIN
+} sf_final_sigmas_type;
+
+/* A scheduler configuration: diffusers' keys, with diffusers' per-class defaults from
+ * sf_scheduler_config_default. Fields a class does not use are ignored. */
+typedef struct {
+    sf_scheduler_type type;
+    int64_t num_train_timesteps;       /* [2, 1048576] */
+    double beta_start, beta_end;       /* in [0, 1) */
+    sf_beta_schedule beta_schedule;
+    const double *trained_betas;       /* num_train_timesteps betas in [0, 1), or NULL; borrowed
+                                        * by sf_scheduler_create (which copies them) */
+    sf_prediction_type prediction_type;
+    sf_timestep_spacing timestep_spacing;
+    int64_t steps_offset;              /* [0, num_train_timesteps) */
+    int rescale_betas_zero_snr;        /* DDIM, Euler, Euler-A, LCM, DPM-Solver */
+    int set_alpha_to_one;              /* PNDM, DDIM, LCM */
+    int clip_sample;                   /* DDIM, LCM */
+    double clip_sample_range;          /* > 0 */
+    int skip_prk_steps;                /* PNDM */
+    int use_karras_sigmas;             /* Euler, DPM-Solver, LMS */
+    double sigma_min, sigma_max;       /* Euler's Karras range; NAN: from the schedule */
+    sf_final_sigmas_type final_sigmas_type; /* Euler, DPM-Solver */
+    int solver_order;                  /* DPM-Solver: 1, 2 or 3 */
+    sf_dpm_algorithm algorithm_type;
+    sf_dpm_solver_type solver_type;
+    int lower_order_final, euler_at_final;
+    double lambda_min_clipped;         /* -INFINITY for none */
+    int64_t original_inference_steps;  /* LCM: [1, num_train_timesteps] */
+    double timestep_scaling;           /* LCM */
+    double *owned_betas_;              /* internal: trained_betas parsed from JSON */
+} sf_scheduler_config;
+
+/* diffusers' class name ("PNDMScheduler", ...) <-> type. Unknown names: SF_ERR_UNSUPPORTED
+ * naming the class. */
+sf_status sf_scheduler_type_from_name(const char *name, sf_scheduler_type *out);
+const char *sf_scheduler_type_name(sf_scheduler_type type);
+
+/* The defaults of the class's constructor in diffusers (e.g. PNDM: linear betas 1e-4..0.02,
+ * leading spacing, skip_prk_steps false). */
+void sf_scheduler_config_default(sf_scheduler_type type, sf_scheduler_config *out);
+
+/* Parse scheduler_config.json text: "_class_name" picks the class (required), its keys override
+ * the class defaults, keys the class does not take are ignored (as diffusers does). The bare
+ * tokens -Infinity / Infinity / NaN that Python's json writes are accepted. Values of the wrong
+ * JSON type -> SF_ERR_FORMAT naming the key; unknown class names, spacings, prediction types and
+ * beta schedules, and options the engine does not implement (thresholding, learned variance,
+ * ...) -> SF_ERR_UNSUPPORTED naming them; ranges are checked by sf_scheduler_create
+ * (SF_ERR_INVALID_ARG). A list of trained_betas is allocated: call sf_scheduler_config_release
+ * afterwards. */
+sf_status sf_scheduler_config_from_json(const char *json, size_t len, sf_scheduler_config *out);
+/* Free what sf_scheduler_config_from_json allocated (safe on any initialized config). */
+void sf_scheduler_config_release(sf_scheduler_config *cfg);
+
+typedef struct sf_scheduler sf_scheduler;
+
+/* Validate the configuration and compute the training schedule (betas, alphas_cumprod). */
+sf_status sf_scheduler_create(const sf_scheduler_config *cfg, sf_scheduler **out);
+/* sf_scheduler_config_from_json + sf_scheduler_create. */
+sf_status sf_scheduler_create_from_json(const char *json, size_t len, sf_scheduler **out);
+void sf_scheduler_destroy(sf_scheduler *s);
+/* The configuration (trained_betas points to the scheduler's copy). */
+const sf_scheduler_config *sf_scheduler_get_config(const sf_scheduler *s);
+
+/* Compute the inference schedule for 1 <= n <= num_train_timesteps steps (LCM: n <=
+ * original_inference_steps; PNDM with PRK steps: n >= 4) and start a new trajectory (step index
+ * 0, history cleared). */
+sf_status sf_scheduler_set_timesteps(sf_scheduler *s, size_t num_inference_steps);
+/* The timesteps to run, in order (the UNet's t); *count receives their number (n, or n + 1 for
+ * PNDM with n >= 2, 12 + n - 3 with PRK steps). NULL and 0 before set_timesteps. Integer-valued
+ * for PNDM, DDIM, DPM-Solver and LCM; float32 values for Euler, Euler-A and LMS. */
+const double *sf_scheduler_timesteps(const sf_scheduler *s, size_t *count);
+/* Sigmas of the sigma-based schedulers (Euler, Euler-A, LMS, DPM-Solver): count + 1 values after
+ * set_timesteps; NULL for the others or before set_timesteps. */
+const float *sf_scheduler_sigmas(const sf_scheduler *s, size_t *count);
+/* Training schedule: num_train_timesteps betas / cumulative products of (1 - beta). */
+const float *sf_scheduler_betas(const sf_scheduler *s, size_t *count);
+const float *sf_scheduler_alphas_cumprod(const sf_scheduler *s, size_t *count);
+/* Standard deviation of the initial noise (1 for the DDPM-style schedulers, the largest sigma,
+ * or sqrt(sigma^2 + 1) with leading spacing, for the sigma-based ones). */
+double sf_scheduler_init_noise_sigma(const sf_scheduler *s);
+/* Number of inference steps of the last set_timesteps (0 before). */
+size_t sf_scheduler_num_inference_steps(const sf_scheduler *s);
+
+/* Index of the next step into the timesteps (0 after set_timesteps). */
+size_t sf_scheduler_step_index(const sf_scheduler *s);
+/* Start or continue at another index (img2img starts part-way; multistep history is kept). */
+sf_status sf_scheduler_set_step_index(sf_scheduler *s, size_t index);
+/* Index of a timestep as diffusers finds it: the second match if the value repeats, else the
+ * first. Not in the schedule: SF_ERR_INVALID_ARG (DPM-Solver: the last index, as diffusers). */
+sf_status sf_scheduler_index_for_timestep(const sf_scheduler *s, double timestep,
+                                          size_t *index);
+/* 1 if the next step takes noise (Euler-A always, LCM except on its last step, SDE-DPM-Solver),
+ * 0 otherwise. */
+int sf_scheduler_step_needs_noise(const sf_scheduler *s);
+/* Back to step 0 of the current schedule with the history cleared. */
+sf_status sf_scheduler_reset(sf_scheduler *s);
+
+/* y = the UNet input for x at a step index (x / sqrt(sigma^2 + 1) for Euler, Euler-A and LMS,
+ * a copy for the others). n values; y may equal x. */
+sf_status sf_scheduler_scale_model_input(const sf_scheduler *s, size_t step_index,
+                                         const float *x, size_t n, float *y);
+/* One step at the current index: model_output and sample (n values each) -> prev_sample, then
+ * the index advances. noise (n standard normal values) is required where
+ * sf_scheduler_step_needs_noise says so and ignored otherwise (may be NULL). prev_sample may
+ * equal sample or model_output. Errors: called before set_timesteps or past the last timestep
+ * (SF_ERR_INVALID_ARG), n different from the size of the running trajectory (SF_ERR_SHAPE). */
+sf_status sf_scheduler_step(sf_scheduler *s, const float *model_output, const float *sample,
+                            size_t n, const float *noise, float *prev_sample);
+/* Same, and also the predicted clean sample (LCM: its "denoised"; DPM-Solver: the data
+ * prediction) into pred_original if it is not NULL (PNDM has none: SF_ERR_UNSUPPORTED).
+ * pred_original must not overlap the inputs. */
+sf_status sf_scheduler_step_ex(sf_scheduler *s, const float *model_output, const float *sample,
+                               size_t n, const float *noise, float *prev_sample,
+                               float *pred_original);
+/* Forward diffusion to a timestep: sqrt(alphas_cumprod[t]) x + sqrt(1 - alphas_cumprod[t]) noise
+ * for PNDM/DDIM/LCM (integer t in [0, num_train_timesteps)); x + sigma(t) noise for Euler,
+ * Euler-A and LMS and alpha_t x + sigma_t noise for DPM-Solver, t a timestep of the schedule
+ * (after set_timesteps). n values; out may equal original or noise. */
+sf_status sf_scheduler_add_noise(const sf_scheduler *s, const float *original,
+                                 const float *noise, size_t n, double timestep, float *out);
 
 #ifdef __cplusplus
 }

@@ -64,7 +64,25 @@ static PyObject *py_cpu_features(PyObject *self, PyObject *noargs) {
         f.neon_fp16 ? Py_True : Py_False);
 }
 
+static PyObject *py_mac_counter(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyLong_FromUnsignedLongLong(sf_mac_counter());
+}
+
+static PyObject *py_reset_mac_counter(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    sf_mac_counter_reset();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef runtime_methods[] = {
+    {"mac_counter", py_mac_counter, METH_NOARGS,
+     "mac_counter() -> int\n\nMultiply-accumulates done by convolutions, linear layers and "
+     "attention since the last reset."},
+    {"reset_mac_counter", py_reset_mac_counter, METH_NOARGS,
+     "reset_mac_counter() -> None\n\nReset the MAC counter."},
     {"version", py_version, METH_NOARGS,
      "version() -> dict\n\nVersions of the engine, XNNPACK and the kernel ISA in use."},
     {"set_num_threads", py_set_num_threads, METH_O,

@@ -49,5 +49,8 @@ int sf_py_init_ops(PyObject *module);        /* py_ops.c: elementwise, norms, em
 int sf_py_init_attention(PyObject *module);  /* py_attention.c: attention */
 int sf_py_init_xnn(PyObject *module);        /* py_xnn.c: Conv2d, Linear */
 int sf_py_init_safetensors(PyObject *module);/* py_safetensors.c: SafeTensors reader */
+int sf_py_init_models(PyObject *module);     /* py_models.c: UNet, VAE, TextEncoder */
+int sf_py_init_scheduler(PyObject *module);  /* py_scheduler.c: Scheduler */
+int sf_py_init_quant(PyObject *module);      /* py_quant.c: QConv2d, ActivationObserver */
 
 #endif /* SF_PY_H */

@@ -1,0 +1,350 @@
+"""Text-to-image pipeline on the C engine, shaped like diffusers' StableDiffusionPipeline.
+
+>>> pipe = Pipeline.from_pretrained("path/to/model")          # doctest: +SKIP
+>>> out = pipe("a red circle above a small blue square", num_inference_steps=8, seed=0)
+>>> out.images[0].save("out.png"); out.timings["unet"]        # doctest: +SKIP
+
+Each stage is a component callable on numpy arrays (``pipe.tokenizer``,
+``pipe.text_encoder``, ``pipe.unet``, ``pipe.scheduler``, ``pipe.vae``); ``__call__``
+composes them and reports the seconds spent in each.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _engine
+from .components import AutoencoderKL, PathLike, TextEncoder, UNet
+from .schedulers import scheduler_from_config
+from .tokenizer import CLIPTokenizer
+
+#: Where the embedded default model lives inside the package.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models"
+
+
+@dataclass
+class PipelineOutput:
+    """Result of a pipeline call.
+
+    Attributes:
+        images: PIL images, or for ``output_type="np"`` float32 ``(B, H, W, 3)`` in [0, 1],
+            or for ``output_type="latent"`` the final float32 ``(B, C, h, w)`` latents.
+        timings: seconds per stage: ``tokenize``, ``text_encoder``, ``unet`` (one entry per
+            denoising step), ``scheduler`` (all steps), ``decoder`` and ``total``.
+        stopped_early: True if ``callback_on_step_end`` returned False.
+    """
+
+    images: Any
+    timings: dict[str, Any] = field(default_factory=dict)
+    stopped_early: bool = False
+
+
+def default_model_path() -> Path:
+    """The embedded default model folder (raises OSError if this install has none)."""
+    if DEFAULT_MODEL_DIR.is_dir():
+        for child in sorted(DEFAULT_MODEL_DIR.iterdir()):
+            if (child / "model_index.json").is_file():
+                return child
+    raise OSError(f"no embedded default model under {DEFAULT_MODEL_DIR}; pass a model path")
+
+
+def _resolve_generator(generator: Any, seed: int | None) -> Any:
+    """One noise source for the whole call: a numpy Generator (from a seed, or fresh), a
+    torch.Generator, or a list of them (one per image)."""
+    if generator is None:
+        generator = seed
+    if generator is None:
+        return np.random.default_rng()
+    if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
+        return np.random.default_rng(int(generator))
+    if isinstance(generator, (list, tuple)):
+        return [_resolve_generator(g, None) for g in generator]
+    if isinstance(generator, np.random.Generator) or type(generator).__module__.startswith("torch"):
+        return generator
+    raise TypeError("generator must be an int seed, numpy.random.Generator or torch.Generator, "
+                    f"not {type(generator).__name__}")
+
+
+def _noise(shape: tuple[int, ...], generator: Any) -> np.ndarray:
+    """N(0, 1) float32 of `shape` from a resolved generator (see _resolve_generator)."""
+    if isinstance(generator, np.random.Generator):
+        return generator.standard_normal(shape, dtype=np.float32)
+    if isinstance(generator, list):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        return np.concatenate([_noise((1, *shape[1:]), g) for g in generator])
+    import torch  # only when the caller passes a torch.Generator
+
+    # as diffusers' randn_tensor on the CPU: one draw of the whole batch
+    return torch.randn(shape, generator=generator, dtype=torch.float32).numpy()
+
+
+class Pipeline:
+    """A Stable Diffusion v1.x-class text-to-image pipeline on the C engine.
+
+    Build it with :meth:`from_pretrained`. The components are public attributes.
+    """
+
+    def __init__(self, tokenizer: CLIPTokenizer, text_encoder: TextEncoder, unet: UNet,
+                 vae: AutoencoderKL, scheduler: Any, *, name: str = "") -> None:
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.unet = unet
+        self.vae = vae
+        self.scheduler = scheduler
+        self.name = name
+        self.progress_bar = True
+        vae_blocks = len(vae.config.get("block_out_channels", [64]))
+        self.vae_scale_factor = 2 ** (vae_blocks - 1)
+        sample_size = unet.config.get("sample_size", 64)
+        if isinstance(sample_size, (list, tuple)):
+            sample_size = sample_size[0]
+        self.default_size = int(sample_size) * self.vae_scale_factor
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: PathLike | None = None, *, threads: int | None = None,
+                        scheduler: str | None = None, allow_pickle: bool = False,
+                        tokenizer: PathLike | None = None) -> Pipeline:
+        """Load a diffusers-layout model folder (or the embedded default when ``path`` is None).
+
+        Args:
+            path: a folder with ``model_index.json``, ``tokenizer/``, ``text_encoder/``,
+                ``unet/``, ``vae/`` and ``scheduler/``; or a single-file SD-v1.x
+                ``.safetensors`` checkpoint.
+            threads: engine threads (default: physical cores).
+            scheduler: a scheduler class name to use instead of the model's.
+            allow_pickle: allow pickled ``.ckpt``/``.bin`` checkpoints (never by default).
+            tokenizer: for single-file checkpoints, the CLIP tokenizer folder (default: a
+                ``tokenizer/`` folder next to the file).
+
+        Raises:
+            OSError: missing files. ValueError: malformed configs or weights (the message names
+            the file and tensor).
+        """
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int):
+                raise TypeError(f"threads must be an int, got {type(threads).__name__}")
+            _engine.set_num_threads(threads)
+        root = default_model_path() if path is None else Path(path)
+        if root.is_file():
+            from .convert.single_file import load_single_file
+
+            return load_single_file(cls, root, scheduler=scheduler, allow_pickle=allow_pickle,
+                                    tokenizer=Path(tokenizer) if tokenizer else None)
+        if not root.is_dir():
+            raise OSError(f"{root}: no such model folder or file")
+        if not (root / "model_index.json").is_file():
+            raise OSError(f"{root}: not a diffusers model folder (no model_index.json)")
+        tok = CLIPTokenizer.from_pretrained(root / "tokenizer")
+        enc = TextEncoder(root / "text_encoder")
+        unet = UNet(root / "unet")
+        vae = AutoencoderKL(root / "vae", encoder=(root / "vae").is_dir())
+        sched = scheduler_from_config(root / "scheduler", name=scheduler)
+        return cls(tok, enc, unet, vae, sched, name=str(root))
+
+    # ------------------------------------------------------------------ stages
+    def encode_prompt(self, prompt: Sequence[str], negative_prompt: Sequence[str] | None,
+                      do_cfg: bool, clip_skip: int | None = None,
+                      timings: dict[str, Any] | None = None) -> np.ndarray:
+        """Text states for the prompts: ``(B, 77, D)``, or ``(2B, 77, D)`` with CFG
+        (negative first, as diffusers concatenates them). As in diffusers, ``clip_skip``
+        applies to the prompts only: negative prompts use the last hidden state."""
+        t0 = time.perf_counter()
+        texts = list(prompt)
+        if do_cfg:
+            neg = list(negative_prompt) if negative_prompt is not None else [""] * len(texts)
+            texts = neg + texts
+        ids = self.tokenizer(texts)
+        t1 = time.perf_counter()
+        if do_cfg and clip_skip:
+            n = len(texts) // 2
+            states = np.concatenate([self.text_encoder(ids[:n]),
+                                     self.text_encoder(ids[n:], clip_skip=clip_skip)])
+        else:
+            states = self.text_encoder(ids, clip_skip=clip_skip)
+        if timings is not None:
+            timings["tokenize"] = t1 - t0
+            timings["text_encoder"] = time.perf_counter() - t1
+        return states
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        """Final latents ``(B, C, h, w)`` -> float32 images ``(B, H, W, 3)`` in [0, 1]."""
+        img = self.vae.decode(latents / self.vae.scaling_factor)
+        return np.clip(img / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
+
+    # ------------------------------------------------------------------ call
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        seed: int | None = None,
+        generator: Any = None,
+        num_images_per_prompt: int = 1,
+        latents: np.ndarray | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: Callable[[int, Any, np.ndarray], Any] | None = None,
+        clip_skip: int | None = None,
+    ) -> PipelineOutput:
+        """Generate images. Arguments as diffusers' ``StableDiffusionPipeline.__call__``.
+
+        ``guidance_scale <= 1`` skips the unconditional pass. ``seed`` (or an int
+        ``generator``) draws the initial noise with numpy's PCG64: the same seed gives the
+        same image bit for bit at the same thread count; a ``torch.Generator`` draws it
+        exactly as diffusers does. ``callback_on_step_end(step, timestep, latents)`` runs
+        after each step; returning ``False`` stops the loop.
+        """
+        t_start = time.perf_counter()
+        prompts = self._as_list(prompt, "prompt")
+        negs = None if negative_prompt is None else self._as_list(negative_prompt,
+                                                                   "negative_prompt")
+        if negs is not None and len(negs) == 1 and len(prompts) > 1:
+            negs = negs * len(prompts)
+        if negs is not None and len(negs) != len(prompts):
+            raise ValueError(f"{len(negs)} negative prompts for {len(prompts)} prompts")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) \
+                or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive int, got "
+                             f"{num_inference_steps!r}")
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) \
+                or num_images_per_prompt < 1:
+            raise ValueError("num_images_per_prompt must be a positive int")
+        g = float(guidance_scale)
+        if not np.isfinite(g):
+            raise ValueError(f"guidance_scale must be finite, got {guidance_scale!r}")
+        if output_type not in ("pil", "np", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'latent', not {output_type!r}")
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
+        f = self.vae_scale_factor
+        for name, v in (("height", height), ("width", width)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < f or v % f or v > 8192:
+                raise ValueError(f"{name} must be a multiple of {f} in [{f}, 8192], got {v!r}")
+        do_cfg = g > 1.0
+        timings: dict[str, Any] = {}
+
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        if negs is not None:
+            negs = [p for p in negs for _ in range(num_images_per_prompt)]
+        ctx = self.encode_prompt(prompts, negs, do_cfg, clip_skip, timings)
+        batch = len(prompts)
+        shape = (batch, self.unet.in_channels, height // f, width // f)
+        gen = _resolve_generator(generator, seed)
+        if latents is None:
+            latents = _noise(shape, gen)
+        else:
+            latents = np.asarray(latents, dtype=np.float32)
+            if latents.shape != shape:
+                raise ValueError(f"latents: expected shape {shape}, got {latents.shape}")
+        sch = self.scheduler
+        sch.set_timesteps(num_inference_steps)
+        latents = (latents * np.float32(sch.init_noise_sigma)).astype(np.float32)
+
+        unet_times: list[float] = []
+        sched_time = 0.0
+        stopped = False
+        steps = list(sch.timesteps)
+        bar = self._progress(len(steps))
+        try:
+            for i, t in enumerate(steps):
+                t0 = time.perf_counter()
+                x = np.concatenate([latents, latents]) if do_cfg else latents
+                x = sch.scale_model_input(x, t)
+                t1 = time.perf_counter()
+                eps = self.unet(x, np.full((x.shape[0],), t, dtype=np.float32), ctx)
+                t2 = time.perf_counter()
+                if do_cfg:
+                    eps_u, eps_c = eps[:batch], eps[batch:]
+                    eps = eps_u + np.float32(g) * (eps_c - eps_u)
+                if getattr(sch, "needs_noise", False):
+                    # stochastic schedulers draw from the same source as the initial noise
+                    latents = sch.step(eps, t, latents, noise=_noise(latents.shape, gen)).prev_sample
+                else:
+                    latents = sch.step(eps, t, latents).prev_sample
+                t3 = time.perf_counter()
+                unet_times.append(t2 - t1)
+                sched_time += (t1 - t0) + (t3 - t2)
+                if bar is not None:
+                    bar.update(1)
+                if callback_on_step_end is not None:
+                    if callback_on_step_end(i, t, latents) is False:
+                        stopped = True
+                        break
+        finally:
+            if bar is not None:
+                bar.close()
+        timings["unet"] = unet_times
+        timings["scheduler"] = sched_time
+        if output_type == "latent":
+            images: Any = latents
+            timings["decoder"] = 0.0
+        else:
+            t0 = time.perf_counter()
+            images = self.decode_latents(latents)
+            timings["decoder"] = time.perf_counter() - t0
+            if output_type == "pil":
+                from PIL import Image
+
+                images = [Image.fromarray((im * 255).round().astype(np.uint8)) for im in images]
+        timings["total"] = time.perf_counter() - t_start
+        return PipelineOutput(images=images, timings=timings, stopped_early=stopped)
+
+    generate = __call__
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _as_list(p: Any, name: str) -> list[str]:
+        if isinstance(p, str):
+            return [p]
+        if isinstance(p, (list, tuple)) and p and all(isinstance(s, str) for s in p):
+            return list(p)
+        raise TypeError(f"{name} must be a str or a non-empty list of str, got {type(p).__name__}")
+
+    def _progress(self, total: int) -> Any:
+        if not self.progress_bar or total < 2:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc="denoising", leave=False)
+
+    def set_progress_bar_config(self, disable: bool = False) -> None:
+        """Show (default) or hide the denoising progress bar."""
+        self.progress_bar = not disable
+
+    def info(self) -> dict[str, Any]:
+        """A summary of the components and their configs."""
+        return {
+            "path": self.name,
+            "unet": self.unet.config,
+            "vae": self.vae.config,
+            "text_encoder": self.text_encoder.config,
+            "scheduler": getattr(self.scheduler, "config", {}),
+            "threads": _engine.get_num_threads(),
+        }
+
+
+def save_model_index(folder: PathLike, scheduler_class: str) -> None:
+    """Write a minimal diffusers ``model_index.json`` for a folder of components."""
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "scheduler": ["diffusers", scheduler_class],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    Path(folder, "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+__all__ = ["Pipeline", "PipelineOutput", "default_model_path", "save_model_index"]
