@@ -162,5 +162,6 @@ sf_status sf_clip_run(sf_clip *c, const int64_t *ids, size_t batch, size_t len, 
         }
     }
 fail:
+    sf_pool_yield();
     return st;
 }

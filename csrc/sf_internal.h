@@ -53,6 +53,10 @@ void sf_aligned_free(void *p);
 sf_status sf_compute_begin(pthreadpool_t *pool_out);
 void sf_compute_end(void);
 
+/* Let the pool's worker threads sleep instead of spinning after a whole forward pass (so
+ * they do not steal the cores from other work between calls). */
+void sf_pool_yield(void);
+
 /* Add to the MAC counter (relaxed atomic). */
 void sf_mac_counter_add(uint64_t macs);
 

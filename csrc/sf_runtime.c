@@ -176,6 +176,21 @@ void sf_compute_end(void) {
     pthread_rwlock_unlock(&sf_pool_lock);
 }
 
+static void sf_noop_task(void *ctx, size_t i) {
+    (void)ctx;
+    (void)i;
+}
+
+void sf_pool_yield(void) {
+    pthreadpool_t pool = NULL;
+    if (sf_compute_begin(&pool) != SF_OK)
+        return;
+    if (pool)
+        pthreadpool_parallelize_1d(pool, sf_noop_task, NULL, pthreadpool_get_threads_count(pool),
+                                   PTHREADPOOL_FLAG_YIELD_WORKERS);
+    sf_compute_end();
+}
+
 void sf_get_cpu_features(sf_cpu_features *out) {
     memset(out, 0, sizeof *out);
 #if defined(__x86_64__) || defined(__i386__)

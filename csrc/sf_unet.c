@@ -370,5 +370,6 @@ sf_status sf_unet_run(sf_unet *u, const float *sample, size_t batch, size_t h, s
     SF_CHECK(sf_gn_layer_run(&u->norm_out, cur.x, batch, cur.h * cur.w, 1, cur.x));
     SF_CHECK(sf_conv_layer_run(u->conv_out, cur.x, batch, cur.h, cur.w, out));
 fail:
+    sf_pool_yield();
     return st;
 }

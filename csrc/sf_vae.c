@@ -304,6 +304,7 @@ sf_status sf_vae_decode(sf_vae *v, const float *z, size_t batch, size_t h, size_
     SF_CHECK(sf_gn_layer_run(&v->dec_norm_out, x, batch, h * w, 1, x));
     SF_CHECK(sf_conv_layer_run(v->dec_conv_out, x, batch, h, w, img));
 fail:
+    sf_pool_yield();
     return st;
 }
 
@@ -379,5 +380,6 @@ sf_status sf_vae_encode(sf_vae *v, const float *img, size_t batch, size_t h, siz
         }
     }
 fail:
+    sf_pool_yield();
     return st;
 }
