@@ -24,6 +24,7 @@ SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recove
 LIBS := -lXNNPACK -lpthreadpool -lm -lpthread
 
 .PHONY: demo test test-c test-py build deps apt venv clean bench
+.SECONDARY:
 
 demo: build
 	$(PY) -m snapfusion selfcheck
@@ -60,10 +61,15 @@ snapfusion/_engine.stamp: $(ENGINE_SRC) $(GLUE_SRC) $(ENGINE_HDR) setup.py
 	touch $@
 
 # ---- tests ----------------------------------------------------------------------------------
-# C tests without Python, under AddressSanitizer + UndefinedBehaviorSanitizer.
-build-c/%: tests/c/%.c $(ENGINE_SRC) $(ENGINE_HDR) tests/c/sf_test.h | $(VENV)/.apt-stamp
-	@mkdir -p build-c
-	$(CC) $(CFLAGS_C) $(SAN) -o $@ $< $(ENGINE_SRC) $(LIBS)
+# C tests without Python, under AddressSanitizer + UndefinedBehaviorSanitizer. The engine is
+# compiled once (one object per source) and each test links against it.
+ENGINE_OBJ := $(patsubst csrc/%.c,build-c/obj/%.o,$(ENGINE_SRC))
+build-c/obj/%.o: csrc/%.c $(ENGINE_HDR) | $(VENV)/.apt-stamp
+	@mkdir -p build-c/obj
+	$(CC) $(CFLAGS_C) $(SAN) -c -o $@ $<
+
+build-c/%: tests/c/%.c $(ENGINE_OBJ) tests/c/sf_test.h
+	$(CC) $(CFLAGS_C) $(SAN) -o $@ $< $(ENGINE_OBJ) $(LIBS)
 
 test-c: $(patsubst tests/c/%.c,build-c/%,$(CTEST_SRC))
 	@set -e; for t in $^; do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
