@@ -23,7 +23,7 @@ CFLAGS_C := -std=c11 -g -O1 -Wall -Wextra -Wshadow -Wstrict-prototypes -Werror \
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 LIBS := -lXNNPACK -lpthreadpool -lm -lpthread
 
-.PHONY: demo test test-c test-py build deps apt venv clean bench
+.PHONY: demo test test-c test-py build deps apt venv clean bench train-default
 .SECONDARY:
 
 demo: build
@@ -77,6 +77,13 @@ test-c: $(patsubst tests/c/%.c,build-c/%,$(CTEST_SRC))
 
 test-py: build
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q tests/python
+
+# The whole SnapFusion chain on the synthetic world, from nothing (see docs/training.md);
+# BUDGET minutes in all (a smoke run by default; the real model needs a GPU or hours).
+BUDGET ?= 3
+DEVICE ?= cpu
+train-default: build
+	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/train_default.py --out build/train-default --device $(DEVICE) --budget-minutes $(BUDGET)
 
 bench: build
 	$(PY) benchmarks/bench_ops.py

@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""Train the default SnapFusion model of the synthetic world from nothing, in one command.
+
+    python scripts/train_default.py --out runs/default --device cuda --budget-minutes 8
+
+Chain (each stage a recipe of ``snapfusion.train``, all in this process):
+
+    tokenizer -> pool -> clip -> vae -> teacher -> robust -> evolve -> distill -> decoder -> export
+
+* ``--budget-minutes M`` is the wall-time target of the whole run. Every stage gets a share
+  of the time still left when it starts (shares in ``SHARES``), fixed when the stage first
+  starts and stored in ``DIR/plan.json``; training loops stop on their share, checkpoint
+  every few minutes and at the end.
+* Re-running the same command continues where it stopped: finished stages (``DIR/<stage>/
+  done.json``) are skipped, an interrupted stage resumes from its checkpoint.
+* ``DIR/times.json`` records each stage's wall time; ``DIR/model`` is the exported pipeline
+  folder (evolved UNet, 8 steps, text encoder, small decoder, tokenizer, scheduler config),
+  ``DIR/final_eval.json`` its world metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+try:
+    import snapfusion  # noqa: F401
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+STAGES = ("tokenizer", "pool", "clip", "vae", "teacher", "robust", "evolve", "distill", "decoder", "export")
+#: Share of the remaining time per training stage (tokenizer and pool take what they need; the
+#: export stage, with the final evaluation, gets the fixed EXPORT_RESERVE).
+SHARES = {"clip": 0.07, "vae": 0.12, "teacher": 0.40, "robust": 0.07, "evolve": 0.12, "distill": 0.15,
+          "decoder": 0.07}
+#: Seconds kept for the export stage, per device.
+EXPORT_RESERVE = {"cuda": 25.0, "cpu": 20.0}
+#: Seconds of a stage outside its training loop (loading, evaluation, saving), per device.
+OVERHEAD = {"cuda": 4.0, "cpu": 3.0}
+#: Size limit of the exported model folder (bytes).
+MODEL_BYTES_LIMIT = 20_000_000
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "cuda": {
+        "pool_per_minute": 40_000, "pool_min": 20_000, "pool_max": 400_000,
+        "clip": {"batch_size": 1024, "lr": 1e-3, "warmup_steps": 100, "weight_decay": 0.05, "ema_decay": 0.0},
+        "vae": {"batch_size": 256, "lr": 5e-4, "warmup_steps": 100, "ema_decay": 0.999, "weight_decay": 0.0},
+        "teacher": {"batch_size": 1024, "lr": 6e-4, "warmup_steps": 300, "ema_decay": 0.999},
+        "robust": {"batch_size": 1024, "lr": 1e-4, "warmup_steps": 50, "ema_decay": 0.998},
+        "evolve": {"batch_size": 512, "lr": 5e-5, "warmup_steps": 5},
+        "evolve_opts": {"finetune_steps": 40, "eval_prompts": 64, "eval_steps": 8, "ref_images": 512},
+        "distill": {"batch_size": 512, "lr": 1e-4, "warmup_steps": 50, "ema_decay": 0.998},
+        "decoder": {"batch_size": 256, "lr": 5e-4, "warmup_steps": 50, "ema_decay": 0.998},
+        "decoder_opts": {"n_latents": 8192, "gen_batch": 1024, "gen_steps": 16},
+        "eval": {"prompts": 256, "ref_images": 2048, "guidances": [1.0, 2.0, 3.0, 4.0, 6.0], "teacher_steps": 16,
+                 "teacher_eval_steps": 8, "pipeline_images": 16},
+        "scale_images": 4096,
+        "log_every": 25,
+    },
+    "cpu": {
+        "pool_per_minute": 128, "pool_min": 256, "pool_max": 2048,
+        "clip": {"batch_size": 32, "lr": 1e-3, "warmup_steps": 10, "weight_decay": 0.05, "ema_decay": 0.0},
+        "vae": {"batch_size": 8, "lr": 5e-4, "warmup_steps": 5, "ema_decay": 0.99, "weight_decay": 0.0},
+        "teacher": {"batch_size": 16, "lr": 5e-4, "warmup_steps": 10, "ema_decay": 0.99},
+        "robust": {"batch_size": 8, "lr": 1e-4, "warmup_steps": 2, "ema_decay": 0.99},
+        "evolve": {"batch_size": 4, "lr": 5e-5, "warmup_steps": 1},
+        "evolve_opts": {"finetune_steps": 2, "eval_prompts": 4, "eval_steps": 2, "ref_images": 64,
+                        "max_candidates": 6},
+        "distill": {"batch_size": 4, "lr": 1e-4, "warmup_steps": 2, "ema_decay": 0.99},
+        "decoder": {"batch_size": 4, "lr": 5e-4, "warmup_steps": 2, "ema_decay": 0.99},
+        "decoder_opts": {"n_latents": 16, "gen_batch": 16, "gen_steps": 4},
+        "eval": {"prompts": 4, "ref_images": 32, "guidances": [4.0], "teacher_steps": 4, "teacher_eval_steps": 2,
+                 "pipeline_images": 2},
+        "scale_images": 128,
+        "log_every": 5,
+    },
+}
+
+
+class Run:
+    """Stage bookkeeping: plan (budgets), times, done markers."""
+
+    def __init__(self, out: Path, budget_minutes: float, device: str) -> None:
+        self.out = out
+        self.device = device
+        self.budget_s = 60.0 * budget_minutes
+        out.mkdir(parents=True, exist_ok=True)
+        self.times_path = out / "times.json"
+        self.plan_path = out / "plan.json"
+        self.times: dict[str, Any] = _read_json(self.times_path) or {"stages": {}, "sessions": 0}
+        self.times["sessions"] = int(self.times.get("sessions", 0)) + 1
+        self.times["budget_minutes"] = budget_minutes
+        self.times["device"] = device
+        self.plan: dict[str, Any] = _read_json(self.plan_path) or {}
+        self.prev_total = float(sum(s.get("seconds", 0.0) for s in self.times["stages"].values()))
+        self.session_start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds used by this run so far (all sessions, stage time only plus this session)."""
+        return self.prev_total + (time.perf_counter() - self.session_start)
+
+    def done(self, stage: str) -> dict[str, Any] | None:
+        """The stage's summary if it finished."""
+        return _read_json(self.out / stage / "done.json")
+
+    def stage_budget(self, stage: str) -> float:
+        """Seconds allotted to ``stage`` (decided when it first starts)."""
+        if stage in self.plan:
+            return float(self.plan[stage])
+        rest = [s for s in SHARES if s in STAGES[STAGES.index(stage):]]
+        share = SHARES.get(stage, 0.0) / max(1e-9, sum(SHARES[s] for s in rest))
+        left = max(0.0, self.budget_s - self.elapsed() - EXPORT_RESERVE[self.device])
+        budget = max(5.0 if self.device == "cpu" else 10.0, share * left)
+        self.plan[stage] = budget
+        _write_json(self.plan_path, self.plan)
+        return budget
+
+    def run_stage(self, stage: str, fn: Callable[[float], dict[str, Any]]) -> dict[str, Any]:
+        """Run ``fn(budget_seconds)`` unless done; record times and the done marker."""
+        summary = self.done(stage)
+        if summary is not None:
+            print(f"[{stage}] done already, skipped", flush=True)
+            return summary
+        budget = self.stage_budget(stage) if stage in SHARES else 0.0
+        print(f"[{stage}] start (budget {budget:.0f} s, run elapsed {self.elapsed():.0f} s "
+              f"of {self.budget_s:.0f} s)", flush=True)
+        t0 = time.perf_counter()
+        rec = self.times["stages"].setdefault(stage, {"seconds": 0.0})
+        base = float(rec.get("seconds", 0.0))
+        try:
+            summary = fn(budget)
+        finally:
+            rec["seconds"] = base + (time.perf_counter() - t0)
+            rec["budget_s"] = budget
+            self.prev_total = float(sum(s.get("seconds", 0.0) for s in self.times["stages"].values()))
+            self.session_start = time.perf_counter()
+            self.times["total_seconds"] = self.prev_total
+            _write_json(self.times_path, self.times)
+        _write_json(self.out / stage / "done.json", summary)
+        print(f"[{stage}] done in {rec['seconds'] - base:.1f} s: {_short(summary)}", flush=True)
+        return summary
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _short(summary: dict[str, Any]) -> str:
+    keys = ("steps", "final_loss", "scaling_factor", "recon_l1", "table_ratio", "params_pruned", "bytes",
+            "vocab_size", "n", "batch_acc", "cfg_batches")
+    return ", ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}"
+                     for k in keys if k in summary)
+
+
+def _train_cfg(profile: dict[str, Any], name: str, seconds: float, seed: int, overhead: float,
+               log_every: int) -> dict[str, Any]:
+    cfg = dict(profile[name])
+    cfg.update(max_steps=0, max_minutes=max(0.05, (seconds - overhead) / 60.0), ckpt_minutes=2.0,
+               log_every=log_every, seed=seed)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    p.add_argument("--out", required=True, help="run folder (re-run the same command to resume)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--budget-minutes", type=float, required=True, help="wall-time target of the whole run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--pool-size", type=int, default=None, help="world images drawn up front (default: scaled)")
+    p.add_argument("--workers", type=int, default=None, help="processes drawing the pool (default: CPUs)")
+    p.add_argument("--latency-table", default=None, help="per-block latency table JSON for evolution")
+    p.add_argument("--measure-latency", action="store_true", help="measure the table with the engine")
+    p.add_argument("--latency-budget", type=float, default=0.5, help="evolved UNet latency / teacher's")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if not args.budget_minutes > 0:
+        p.error("--budget-minutes must be positive")
+
+    import signal
+
+    import torch
+
+    from snapfusion.train.common import setup_env
+
+    def _terminate(signum: int, frame: Any) -> None:  # SIGTERM (e.g. `timeout`): checkpoint, then exit
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env = setup_env(args.device)
+    if env.distributed:
+        p.error("the one-shot script runs on one device; use the recipes under torchrun for DDP")
+    prof = PROFILES[args.device]
+    out = Path(args.out).resolve()
+    run = Run(out, args.budget_minutes, args.device)
+    progress = not args.no_progress
+    seed = args.seed
+    overhead = OVERHEAD[args.device]
+    log_every = int(prof["log_every"])
+    workers = args.workers if args.workers is not None else max(1, min(16, (os.cpu_count() or 2)))
+    pool_size = args.pool_size or int(min(prof["pool_max"], max(prof["pool_min"],
+                                                                 prof["pool_per_minute"] * args.budget_minutes)))
+    data = {"pool_dir": str(out / "pool"), "pool_size": pool_size, "pool_seed": seed, "pool_workers": workers}
+    tok_dir = str(out / "tokenizer" / "tokenizer")
+    paths = {
+        "tokenizer": tok_dir,
+        "text_encoder": str(out / "clip" / "text_encoder"),
+        "clip": str(out / "clip"),
+        "vae": str(out / "vae" / "vae"),
+        "teacher": str(out / "teacher" / "unet"),
+        "robust": str(out / "robust" / "unet"),
+        "evolved": str(out / "evolve" / "unet"),
+        "student": str(out / "distill" / "unet"),
+        "small_vae": str(out / "decoder" / "vae"),
+        "model": str(out / "model"),
+    }
+    print(f"snapfusion one-shot training: device={args.device} budget={args.budget_minutes} min "
+          f"pool={pool_size} out={out}", flush=True)
+
+    # ---- tokenizer (first: the pool workers tokenize with it) ----------------------------
+    def st_tokenizer(_: float) -> dict[str, Any]:
+        from snapfusion.train.tokenizer import build_world_tokenizer
+
+        return build_world_tokenizer(tok_dir, n_captions=10000, seed=seed, model_max_length=32)
+
+    def st_pool(_: float) -> dict[str, Any]:
+        from snapfusion.train.data import get_pool
+
+        t0 = time.perf_counter()
+        images, captions, ids = get_pool(data["pool_dir"], pool_size, seed=seed, workers=workers,
+                                         progress=progress, tokenizer_dir=tok_dir)
+        return {"n": len(captions), "seconds": time.perf_counter() - t0, "workers": workers,
+                "has_ids": ids is not None}
+
+    def st_clip(budget: float) -> dict[str, Any]:
+        from snapfusion.train.clip import CLIPRecipeConfig, train_clip
+
+        cfg = CLIPRecipeConfig(tokenizer=tok_dir, out=paths["clip"], data=data,
+                               train=_train_cfg(prof, "clip", budget, seed, overhead, log_every))
+        return train_clip(cfg, args.device, progress)
+
+    def st_vae(budget: float) -> dict[str, Any]:
+        from snapfusion.train.vae import VAERecipeConfig, train_vae
+
+        cfg = VAERecipeConfig(out=str(out / "vae"), tokenizer=tok_dir, data=data, scale_images=prof["scale_images"],
+                              train=_train_cfg(prof, "vae", budget, seed, overhead + 2, log_every))
+        return train_vae(cfg, args.device, progress)
+
+    world_cache: dict[str, Any] = {}
+
+    def world() -> Any:
+        if "w" not in world_cache:
+            from snapfusion.train.world import LatentWorld
+
+            world_cache["w"] = LatentWorld(tok_dir, paths["text_encoder"], paths["vae"], env, data,
+                                           seed=seed + 999, progress=progress)
+        return world_cache["w"]
+
+    def st_teacher(budget: float) -> dict[str, Any]:
+        from snapfusion.train.teacher import TeacherRecipeConfig, train_teacher
+
+        cfg = TeacherRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
+                                  out=str(out / "teacher"), data=data,
+                                  train=_train_cfg(prof, "teacher", budget, seed, overhead + 2, log_every))
+        summary = train_teacher(cfg, args.device, progress, world=world())
+        # conditioning check: per-attribute accuracy of teacher samples (colours far above
+        # chance show that the text path works)
+        summary["eval"] = quick_eval(paths["teacher"], steps=prof["eval"]["teacher_eval_steps"], guidance=4.0)
+        return summary
+
+    evaluator_cache: dict[str, Any] = {}
+
+    def evaluator() -> Any:
+        if "e" not in evaluator_cache:
+            from snapfusion.train.clip import WorldCLIP
+            from snapfusion.train.evaluate import WorldEvaluator
+
+            evaluator_cache["e"] = WorldEvaluator(WorldCLIP.load(paths["clip"]), world().tokenizer, env.device,
+                                                  n_prompts=prof["eval"]["prompts"], seed=seed + 5,
+                                                  ref_images=prof["eval"]["ref_images"])
+        return evaluator_cache["e"]
+
+    def quick_eval(unet_dir: str, steps: int, guidance: float, vae_dir: str | None = None) -> dict[str, float]:
+        from snapfusion.nn import AutoencoderKL, UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(unet_dir).to(env.device).eval()
+        unet.check_inputs = False
+        vae = AutoencoderKL.from_pretrained(vae_dir).to(env.device).eval() if vae_dir else None
+        ev = evaluator()
+        images = world().generate(unet, ev.prompts, steps=steps, guidance=guidance, seed=seed + 6, vae=vae)
+        res = ev.evaluate(images, accuracy=True)
+        res.update(steps=steps, guidance=guidance)
+        return res
+
+    def st_robust(budget: float) -> dict[str, Any]:
+        from snapfusion.train.robust import RobustRecipeConfig, train_robust
+
+        cfg = RobustRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
+                                 init=paths["teacher"], out=str(out / "robust"), data=data,
+                                 train=_train_cfg(prof, "robust", budget, seed, overhead, log_every))
+        return train_robust(cfg, args.device, progress, world=world())
+
+    def st_evolve(budget: float) -> dict[str, Any]:
+        from snapfusion.train.evolution import EvolveRecipeConfig, evolve
+
+        tcfg = _train_cfg(prof, "evolve", budget, seed, overhead + 2, log_every)
+        tcfg.update(ema_decay=0.0, min_lr_ratio=1.0)
+        cfg = EvolveRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
+                                 clip=paths["clip"], init=paths["robust"], out=str(out / "evolve"), data=data,
+                                 budget=args.latency_budget, latency_table=args.latency_table,
+                                 max_params=unet_param_budget(),
+                                 measure_latency=args.measure_latency, eval_seed=seed + 3,
+                                 train=tcfg, **prof["evolve_opts"])
+        return evolve(cfg, args.device, progress, world=world())
+
+    def unet_param_budget() -> int:
+        """UNet parameters that keep the fp16 export under MODEL_BYTES_LIMIT (text encoder,
+        encoder + small decoder VAE and a 64 KiB margin for configs and headers counted)."""
+        from snapfusion.nn import AutoencoderKL, CLIPTextModel
+        from snapfusion.train.decoder import small_vae_config
+
+        te = CLIPTextModel.from_pretrained(paths["text_encoder"])
+        vae = AutoencoderKL(small_vae_config(dict(AutoencoderKL.from_pretrained(paths["vae"]).config)))
+        other = sum(p.numel() for p in te.parameters()) + sum(p.numel() for p in vae.parameters())
+        return int((MODEL_BYTES_LIMIT - 65536 - 2 * other) // 2)
+
+    def st_distill(budget: float) -> dict[str, Any]:
+        from snapfusion.train.distill import DistillRecipeConfig, distill
+
+        cfg = DistillRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
+                                  teacher=paths["teacher"], student=paths["evolved"], out=str(out / "distill"),
+                                  data=data, train=_train_cfg(prof, "distill", budget, seed, overhead, log_every))
+        return distill(cfg, args.device, progress, world=world())
+
+    def st_decoder(budget: float) -> dict[str, Any]:
+        from snapfusion.train.decoder import DecoderRecipeConfig, distill_decoder
+
+        opts = dict(prof["decoder_opts"])
+        cfg = DecoderRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
+                                  teacher=paths["teacher"], out=str(out / "decoder"), data=data,
+                                  gen_minutes=0.3 * budget / 60.0, **opts,
+                                  train=_train_cfg(prof, "decoder", 0.7 * budget, seed, overhead, log_every))
+        return distill_decoder(cfg, args.device, progress, world=world())
+
+    def st_export(_: float) -> dict[str, Any]:
+        from snapfusion.train.export import export_pipeline, folder_size_bytes
+
+        summary: dict[str, Any] = {}
+        # guidance sweep of the final student (8 steps, small decoder) on the evaluation prompts
+        sweep = {}
+        for g in prof["eval"]["guidances"]:
+            sweep[str(g)] = quick_eval(paths["student"], steps=8, guidance=g, vae_dir=paths["small_vae"])
+        best = max(sweep, key=lambda k: (sweep[k]["accuracy"], sweep[k]["clip_score"]))
+        summary["student_sweep"] = sweep
+        summary["guidance_scale"] = float(best)
+        summary["teacher"] = quick_eval(paths["teacher"], steps=prof["eval"]["teacher_steps"], guidance=float(best))
+        summary["evolved_8_steps_before_distill"] = quick_eval(paths["evolved"], steps=8, guidance=float(best))
+        info = {"num_inference_steps": 8, "guidance_scale": float(best),
+                "world_metrics": sweep[best], "trained_with": "scripts/train_default.py",
+                "budget_minutes": args.budget_minutes, "device": args.device}
+        folder = export_pipeline(paths["model"], tok_dir, paths["text_encoder"], paths["student"],
+                                 paths["small_vae"], info=info)
+        summary["bytes"] = folder_size_bytes(folder)
+        if summary["bytes"] >= MODEL_BYTES_LIMIT:
+            print(f"WARNING: exported model is {summary['bytes']} bytes (limit {MODEL_BYTES_LIMIT})", flush=True)
+        summary.update(check_engine(folder, float(best)))
+        _write_json(out / "final_eval.json", summary)
+        return summary
+
+    def check_engine(folder: Path, guidance: float) -> dict[str, Any]:
+        res: dict[str, Any] = {}
+        try:
+            from snapfusion.train.export import verify_export
+
+            res["engine_parity"] = verify_export(folder)
+        except ImportError as exc:
+            res["engine_parity"] = f"skipped: {exc}"
+            return res
+        try:
+            from snapfusion.pipeline import Pipeline
+        except ImportError as exc:
+            res["pipeline"] = f"skipped: {exc}"
+            return res
+        try:
+            import numpy as np
+
+            from snapfusion.data import accuracy as attr_accuracy
+
+            pipe = Pipeline.from_pretrained(folder)
+            pipe.set_progress_bar_config(disable=True)
+            ev = evaluator()
+            n = min(prof["eval"]["pipeline_images"], len(ev.prompts))
+            t0 = time.perf_counter()
+            imgs = [pipe(pr, num_inference_steps=8, guidance_scale=guidance, seed=i, output_type="np").images[0]
+                    for i, pr in enumerate(ev.prompts[:n])]
+            dt = (time.perf_counter() - t0) / n
+            u8 = (np.stack(imgs) * 255).round().astype(np.uint8)
+            res["pipeline"] = {"seconds_per_image": dt, "images": n,
+                               "accuracy": float(attr_accuracy(u8, ev.prompts[:n])["overall"]),
+                               "clip_score": ev.clip_score(u8, ev.prompts[:n])}
+            from snapfusion.data import render_grid
+
+            render_grid(u8, ev.prompts[:n], cols=4).save(out / "samples_engine.png")
+        except Exception as exc:  # noqa: BLE001 - report, do not lose the trained model
+            res["pipeline"] = f"failed: {type(exc).__name__}: {exc}"
+        return res
+
+    t_all = time.perf_counter()
+    run.run_stage("tokenizer", st_tokenizer)
+    run.run_stage("pool", st_pool)
+    run.run_stage("clip", st_clip)
+    run.run_stage("vae", st_vae)
+    run.run_stage("teacher", st_teacher)
+    run.run_stage("robust", st_robust)
+    run.run_stage("evolve", st_evolve)
+    run.run_stage("distill", st_distill)
+    run.run_stage("decoder", st_decoder)
+    final = run.run_stage("export", st_export)
+    print(json.dumps({"session_seconds": round(time.perf_counter() - t_all, 1),
+                      "run_seconds": round(run.elapsed(), 1),
+                      "stages": {k: round(v["seconds"], 1) for k, v in run.times["stages"].items()},
+                      "model": paths["model"], "bytes": final.get("bytes"),
+                      "guidance_scale": final.get("guidance_scale")}, indent=1), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

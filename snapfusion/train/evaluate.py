@@ -1,0 +1,98 @@
+"""World metrics of generated images: world CLIP score, world-FID and attribute accuracy.
+
+* **world CLIP score**: ``max(100 * mean cos(image, caption), 0)`` with the world CLIP's
+  embeddings (the torchmetrics definition with our CLIP instead of OpenAI's).
+* **world-FID**: Fréchet distance (:mod:`snapfusion.eval.metrics`) between Gaussian fits of
+  the world CLIP's unit-norm image embeddings of the generated images and of real world
+  images drawn from the evaluation distribution (``ref_images`` of them, another seed).
+* **accuracy**: fraction of images whose caption the exact attribute checker
+  (:func:`snapfusion.data.accuracy`) accepts (slower; optional).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import to_float_images
+
+__all__ = ["WorldEvaluator"]
+
+
+class WorldEvaluator:
+    """Scores generated images of fixed evaluation prompts.
+
+    Args:
+        clip: a trained :class:`snapfusion.train.clip.WorldCLIP` (moved to ``device``, eval mode).
+        tokenizer: the tokenizer.
+        device: torch device.
+        n_prompts: evaluation prompts (``eval_prompts(n, seed, split)``).
+        seed: prompt seed.
+        split: "eval" or "heldout".
+        ref_images: real images for the FID reference statistics.
+        image_size: side of the world images.
+    """
+
+    def __init__(self, clip: torch.nn.Module, tokenizer: Any, device: torch.device | str, n_prompts: int = 64,
+                 seed: int = 0, split: str = "eval", ref_images: int = 512, image_size: int = 64) -> None:
+        from snapfusion.data import draw_scenes, eval_prompts
+        from snapfusion.eval.metrics import activation_statistics
+
+        self.clip = clip.to(device).eval()
+        for p in self.clip.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.prompts, self.scenes = eval_prompts(n_prompts, seed=seed, split=split)
+        _, ref_scenes = eval_prompts(ref_images, seed=seed + 1, split=split)
+        ref = draw_scenes(ref_scenes, size=image_size)
+        self.ref_stats = activation_statistics(self.features(ref))
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray, batch: int = 512) -> np.ndarray:
+        """Unit-norm image embeddings ``[N, P]`` (float64) of uint8 ``[N, H, W, 3]`` images."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected uint8 [N, H, W, 3] images, got {images.dtype} {images.shape}")
+        out = []
+        for i in range(0, len(images), batch):
+            x = to_float_images(torch.from_numpy(images[i:i + batch]).to(self.device))
+            out.append(self.clip.encode_image(x).double().cpu().numpy())
+        return np.concatenate(out)
+
+    @torch.no_grad()
+    def clip_score(self, images: np.ndarray, captions: Sequence[str]) -> float:
+        """``max(100 * mean cos, 0)`` over the pairs."""
+        if len(images) != len(captions):
+            raise ValueError(f"{len(images)} images but {len(captions)} captions")
+        img = torch.from_numpy(self.features(images)).float().to(self.device)
+        ids = torch.as_tensor(self.tokenizer(list(captions)), dtype=torch.long, device=self.device)
+        txt = self.clip.encode_text(ids)
+        return max(float(100.0 * (img * txt).sum(-1).mean()), 0.0)
+
+    def fid(self, images: np.ndarray) -> float:
+        """world-FID of the images against the reference statistics."""
+        import warnings
+
+        from snapfusion.eval.metrics import activation_statistics, frechet_distance
+
+        mu, sigma = activation_statistics(self.features(images))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(frechet_distance(mu, sigma, *self.ref_stats))
+
+    def evaluate(self, images: np.ndarray, captions: Sequence[str] | None = None,
+                 accuracy: bool = False) -> dict[str, float]:
+        """All metrics of images generated for ``captions`` (default: the evaluation prompts)."""
+        caps = list(self.prompts if captions is None else captions)
+        res = {"clip_score": self.clip_score(images, caps), "fid": self.fid(images)}
+        if accuracy:
+            from snapfusion.data import accuracy as attr_accuracy
+
+            acc = attr_accuracy(np.asarray(images), caps)
+            res["accuracy"] = float(acc["overall"])
+            res.update({f"acc_{k}": float(v) for k, v in acc.items() if k not in ("overall", "n")})
+        return res

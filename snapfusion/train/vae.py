@@ -1,0 +1,199 @@
+"""VAE recipe: a diffusers ``AutoencoderKL`` with 4 latent channels and f = 4 on world images.
+
+Loss per image: ``l1 * |x' - x| + l2 * (x' - x)^2 + edge * |grad x' - grad x|`` (means over
+pixels; ``grad`` = horizontal and vertical finite differences, a cheap perceptual-ish term
+that keeps shape edges sharp) ``+ kl * KL(q(z|x) || N(0, 1))`` (mean over latent elements).
+The decoder sees a posterior sample ``z = mean + std * eps`` during training.
+
+After training, ``scaling_factor`` = 1 / std of the posterior means over a batch of
+images is measured and written into the saved ``config.json`` (SD's 0.18215 was measured
+the same way); the diffusion recipes use ``mean * scaling_factor`` as latents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .common import TrainConfig, Trainer, autocast_ctx, config_dict, load_config, setup_env, step_generator
+from .data import WorldData, make_world_data, to_float_images
+
+__all__ = ["VAERecipeConfig", "default_vae_config", "train_vae", "vae_loss", "measure_scaling_factor"]
+
+
+def default_vae_config() -> dict[str, Any]:
+    """Default VAE: (32, 64, 64) channels, 3 levels (f = 4), 4 latent channels."""
+    return {
+        "_class_name": "AutoencoderKL",
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 3,
+        "up_block_types": ["UpDecoderBlock2D"] * 3,
+        "block_out_channels": [32, 64, 64],
+        "layers_per_block": 1,
+        "act_fn": "silu",
+        "latent_channels": 4,
+        "norm_num_groups": 16,
+        "sample_size": 64,
+        "scaling_factor": 1.0,
+        "mid_block_add_attention": True,
+    }
+
+
+def vae_loss(vae: torch.nn.Module, x: torch.Tensor, weights: dict[str, float],
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The VAE training loss of a batch ``x`` (float ``[B, 3, H, W]`` in [-1, 1])."""
+    mean, logvar = vae.encode(x)
+    z = vae.sample_latent(mean.float(), logvar.float(), generator)
+    rec = vae.decode(z.to(mean.dtype)).float()
+    x = x.float()
+    l1 = (rec - x).abs().mean()
+    l2 = (rec - x).pow(2).mean()
+
+    def grads(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return a[..., 1:, :] - a[..., :-1, :], a[..., :, 1:] - a[..., :, :-1]
+
+    (ry, rx), (xy, xx) = grads(rec), grads(x)
+    edge = 0.5 * ((ry - xy).abs().mean() + (rx - xx).abs().mean())
+    lv = logvar.float()
+    kl = 0.5 * (mean.float().pow(2) + lv.exp() - 1.0 - lv).mean()
+    loss = (weights.get("l1", 1.0) * l1 + weights.get("l2", 1.0) * l2 + weights.get("edge", 0.5) * edge
+            + weights.get("kl", 1e-6) * kl)
+    return loss, {"l1": l1.detach(), "l2": l2.detach(), "kl": kl.detach()}
+
+
+@torch.no_grad()
+def measure_scaling_factor(vae: torch.nn.Module, data: WorldData, n: int = 2048, batch: int = 256,
+                           step: int = 10 ** 9) -> float:
+    """``1 / std`` of the posterior means of ``n`` images (float)."""
+    vals = []
+    done = 0
+    k = 0
+    while done < n:
+        m = min(batch, n - done)
+        b = data.batch(step + k, m, stream=7)
+        mean, _ = vae.encode(to_float_images(b.images))
+        vals.append(mean.float().flatten().cpu())
+        done += m
+        k += 1
+    std = float(torch.cat(vals).std())
+    if not std > 0:
+        raise FloatingPointError("latents have zero spread; the VAE is degenerate")
+    return 1.0 / std
+
+
+@dataclass
+class VAERecipeConfig:
+    """Settings of the VAE recipe.
+
+    Attributes:
+        out: output folder (the model is saved to ``out/vae``).
+        vae: ``AutoencoderKL`` config (default :func:`default_vae_config`).
+        loss: weights ``l1``, ``l2``, ``edge``, ``kl``.
+        tokenizer: tokenizer folder (only to read captions of fresh draws; may be empty).
+        data: world data settings.
+        scale_images: images used to measure ``scaling_factor``.
+        train: :class:`TrainConfig` fields.
+    """
+
+    out: str = ""
+    vae: dict[str, Any] = field(default_factory=default_vae_config)
+    loss: dict[str, float] = field(default_factory=lambda: {"l1": 1.0, "l2": 1.0, "edge": 0.5, "kl": 1e-6})
+    tokenizer: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    scale_images: int = 2048
+    train: dict[str, Any] = field(default_factory=lambda: {"lr": 1e-3, "batch_size": 64, "max_steps": 2000,
+                                                           "warmup_steps": 100, "ema_decay": 0.999,
+                                                           "weight_decay": 0.0})
+
+
+class _NullTokenizer:
+    """Stands in for a tokenizer when only images are needed."""
+
+    model_max_length = 2
+    eos_token_id = 0
+
+    def __len__(self) -> int:
+        return 1
+
+    def __call__(self, texts: Sequence[str]) -> Any:
+        import numpy as np
+
+        return np.zeros((len(texts), 2), dtype=np.int64)
+
+
+def train_vae(cfg: VAERecipeConfig, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Train the VAE, measure ``scaling_factor``, save ``out/vae`` (resumable).
+
+    Returns:
+        Summary dict (steps, losses, scaling factor, reconstruction L1 of the EMA model).
+    """
+    from snapfusion.nn import AutoencoderKL
+
+    env = setup_env(device)
+    tcfg = load_config(TrainConfig, cfg.train)
+    tok: Any = _NullTokenizer()
+    if cfg.tokenizer:
+        from snapfusion.tokenizer import CLIPTokenizer
+
+        tok = CLIPTokenizer.from_pretrained(cfg.tokenizer)
+    torch.manual_seed(tcfg.seed)
+    vae = AutoencoderKL(cfg.vae).to(env.device)
+    data = make_world_data(tok, cfg.data, tcfg.seed + 202, env.rank, env.device, progress and env.is_main,
+                           tokenizer_dir=cfg.tokenizer or None)
+    out = Path(cfg.out)
+
+    class _Loss(torch.nn.Module):
+        def __init__(self, m: torch.nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
+            return vae_loss(self.m, x, cfg.loss, g)
+
+    trainer = Trainer("vae", out, vae, tcfg, env, forward_module=_Loss(vae), progress=progress)
+
+    def step_fn(step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        b = data.batch(step, tcfg.batch_size)
+        x = to_float_images(b.images)
+        g = step_generator(tcfg.seed, env.rank, step, 1, env.device)
+        with autocast_ctx(env, tcfg.bf16):
+            return trainer.ddp_model(x, g)
+
+    res = trainer.run(step_fn, plot_keys=("loss", "l1"))
+    summary: dict[str, Any] = {"steps": res.steps, "first_loss": res.first_loss, "final_loss": res.final_loss,
+                               "elapsed": res.elapsed}
+    with trainer.ema_weights() as model:
+        model.eval()
+        sf = measure_scaling_factor(model, data, n=cfg.scale_images)
+        b = data.batch(10 ** 9 + 99, 64, stream=8)
+        with torch.no_grad():
+            x = to_float_images(b.images)
+            rec = model.decode(model.encode(x)[0]).float()
+        summary["scaling_factor"] = sf
+        summary["recon_l1"] = float((rec - x).abs().mean())
+        if env.is_main:
+            model.config["scaling_factor"] = sf
+            model.scaling_factor = sf
+            model.save_pretrained(out / "vae")
+            (out / "recipe_config.json").write_text(json.dumps(config_dict(cfg), indent=2) + "\n")
+            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        model.train()
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m snapfusion.train vae --config cfg.json [--device cuda]``."""
+    p = argparse.ArgumentParser(prog="python -m snapfusion.train vae")
+    p.add_argument("--config", required=True, help="JSON of VAERecipeConfig fields")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = p.parse_args(argv)
+    print(json.dumps(train_vae(load_config(VAERecipeConfig, args.config), args.device)))
+    return 0
+

@@ -1,0 +1,511 @@
+"""Training recipes on tiny configurations: losses fall, block drops happen at their rates, the
+evolution loop meets its budgets, step distillation's targets are right (and its CFG-aware
+branch runs), resume is exact, and exported folders give the engine the PyTorch outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from snapfusion.train import common  # noqa: E402
+from snapfusion.train.common import TrainConfig, load_checkpoint, load_config, read_jsonl  # noqa: E402
+
+TEXT = {"width": 32, "layers": 2, "heads": 2}
+IMAGE = {"image_size": 16, "channels": [16, 16], "embed_dim": 32, "groups": 8}
+VAE_CFG = {
+    "_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+    "block_out_channels": [16, 16], "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8,
+    "sample_size": 16, "scaling_factor": 1.0,
+}
+UNET_CFG = {
+    "_class_name": "UNet2DConditionModel", "sample_size": 8, "in_channels": 4, "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [16, 16], "layers_per_block": 1, "norm_num_groups": 8, "cross_attention_dim": 32,
+    "attention_head_dim": 2,
+}
+
+
+def _train(**kw: Any) -> dict[str, Any]:
+    cfg = {"warmup_steps": 2, "log_every": 2, "ema_decay": 0.9, "bf16": False, "max_minutes": 0.0,
+           "ckpt_minutes": 100.0}
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+    common.reset_env()
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Tokenizer, a 16x16 world pool, tiny CLIP / VAE / teacher trained a few steps."""
+    torch.set_num_threads(1)
+    common.reset_env()
+    from snapfusion.train.clip import CLIPRecipeConfig, train_clip
+    from snapfusion.train.data import draw_pool, save_pool
+    from snapfusion.train.teacher import TeacherRecipeConfig, train_teacher
+    from snapfusion.train.tokenizer import build_world_tokenizer, world_corpus
+    from snapfusion.train.vae import VAERecipeConfig, train_vae
+
+    root = tmp_path_factory.mktemp("train")
+    tok = root / "tokenizer"
+    build_world_tokenizer(tok, texts=world_corpus(400, seed=1), model_max_length=32)
+    images, captions, _ = draw_pool(16, seed=0, size=16, progress=False)
+    save_pool(root / "pool", images, captions, {"n": 16, "seed": 0, "size": 16, "split": "train"})
+    data = {"pool_dir": str(root / "pool"), "pool_size": 16, "pool_seed": 0, "image_size": 16}
+    clip = train_clip(CLIPRecipeConfig(tokenizer=str(tok), out=str(root / "clip"), data=data, text=TEXT,
+                                       image=IMAGE, projection_dim=16,
+                                       train=_train(batch_size=8, max_steps=30, lr=3e-3, ema_decay=0.0)),
+                      progress=False)
+    vae = train_vae(VAERecipeConfig(out=str(root / "vae"), vae=dict(VAE_CFG), data=data, scale_images=32,
+                                    train=_train(batch_size=4, max_steps=30, lr=2e-3)), progress=False)
+    teacher = train_teacher(TeacherRecipeConfig(
+        tokenizer=str(tok), text_encoder=str(root / "clip" / "text_encoder"), vae=str(root / "vae" / "vae"),
+        out=str(root / "teacher"), unet=dict(UNET_CFG), data=data,
+        train=_train(batch_size=8, max_steps=40, lr=2e-3)), progress=False)
+    return {"root": root, "tok": str(tok), "data": data, "te": str(root / "clip" / "text_encoder"),
+            "vae": str(root / "vae" / "vae"), "teacher": str(root / "teacher" / "unet"), "clip": str(root / "clip"),
+            "summaries": {"clip": clip, "vae": vae, "teacher": teacher}}
+
+
+def _falls(summary: dict[str, Any], factor: float = 0.9) -> None:
+    assert math.isfinite(summary["final_loss"])
+    assert summary["final_loss"] < factor * summary["first_loss"], summary
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_matches_transformers(parts: dict[str, Any]) -> None:
+    from transformers import CLIPTokenizer as HFTokenizer
+
+    from snapfusion.data import eval_prompts
+    from snapfusion.tokenizer import CLIPTokenizer
+
+    ours = CLIPTokenizer.from_pretrained(parts["tok"])
+    hf = HFTokenizer.from_pretrained(parts["tok"])
+    prompts = eval_prompts(20, seed=3)[0] + eval_prompts(5, seed=3, split="heldout")[0] + ["", "Red Disk, big!"]
+    for p in prompts:
+        a = ours(p)[0].tolist()
+        b = hf(p, padding="max_length", max_length=32, truncation=True).input_ids
+        assert a == b, p
+    # BPE was learned: every word of the world is one token
+    assert ours.tokenize("a big red circle") == ["a</w>", "big</w>", "red</w>", "circle</w>"]
+    assert ours.model_max_length == 32 and ours.pad_token_id == ours.eos_token_id
+
+
+def test_learn_bpe_rejects_bad_input() -> None:
+    from snapfusion.train.tokenizer import learn_bpe, write_tokenizer
+
+    with pytest.raises(TypeError):
+        learn_bpe(["a red box", 3])  # type: ignore[list-item]
+    with pytest.raises(ValueError):
+        learn_bpe([])
+    with pytest.raises(ValueError):
+        learn_bpe(["a b"], max_merges=-1)
+    with pytest.raises(ValueError):
+        write_tokenizer("/nonexistent-never-created", [("a", "b c")])
+
+
+# ----------------------------------------------------------------------------- base models
+
+
+def test_base_model_losses_fall(parts: dict[str, Any]) -> None:
+    s = parts["summaries"]
+    _falls(s["clip"])
+    _falls(s["vae"])
+    _falls(s["teacher"], 0.8)
+    cfg = json.loads((Path(parts["vae"]) / "config.json").read_text())
+    assert cfg["scaling_factor"] == pytest.approx(s["vae"]["scaling_factor"])
+    assert (Path(parts["root"]) / "teacher" / "loss.png").is_file()
+    assert read_jsonl(Path(parts["root"]) / "teacher" / "log.jsonl")
+
+
+def test_world_clip_roundtrip_and_scores(parts: dict[str, Any]) -> None:
+    from snapfusion.data import draw_scenes
+    from snapfusion.tokenizer import CLIPTokenizer
+    from snapfusion.train.clip import WorldCLIP
+    from snapfusion.train.evaluate import WorldEvaluator
+
+    clip = WorldCLIP.load(parts["clip"])
+    ev = WorldEvaluator(clip, CLIPTokenizer.from_pretrained(parts["tok"]), "cpu", n_prompts=6, ref_images=16,
+                        image_size=16)
+    real = draw_scenes(ev.scenes, size=16)
+    res = ev.evaluate(real)
+    assert 0.0 <= res["clip_score"] <= 100.0 and math.isfinite(res["fid"])
+    with pytest.raises(ValueError):
+        ev.features(real.astype(np.float32))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        ev.clip_score(real, ev.prompts[:2])
+
+
+# ----------------------------------------------------------------------------- robust training
+
+
+def test_block_drop_rates() -> None:
+    from snapfusion.nn import UNet2DConditionModel
+    from snapfusion.train.robust import DropConfig, apply_drop, drop_generator
+
+    unet = UNet2DConditionModel(dict(UNET_CFG)).train()
+    forced = unet.droppable_blocks[0]
+    apply_drop(unet, DropConfig(resnet_p=0.2, attention_p=0.6), forced=[forced])
+    counts = {b: 0 for b in unet.droppable_blocks}
+    n = 2000
+    for step in range(n):
+        for b in unet.sample_dropped_blocks(drop_generator(0, step)):
+            counts[b] += 1
+    assert counts[forced] == n
+    for b, c in counts.items():
+        if b == forced:
+            continue
+        p = 0.2 if ".resnets." in b else 0.6
+        assert abs(c / n - p) < 4 * math.sqrt(p * (1 - p) / n), (b, c / n, p)
+    # decisions are a function of the step: the same step gives the same set
+    assert unet.sample_dropped_blocks(drop_generator(0, 7)) == unet.sample_dropped_blocks(drop_generator(0, 7))
+
+
+def _robust_eval_loss(parts: dict[str, Any], unet_dir: str | Path) -> float:
+    """Denoising loss of sub-networks on fixed batches (fixed noise, timesteps and drops)."""
+    from snapfusion.nn import UNet2DConditionModel
+    from snapfusion.train.robust import DropConfig, apply_drop, drop_generator
+    from snapfusion.train.world import DiffusionLossConfig, diffusion_loss
+
+    world = _latent_world(parts)
+    unet = UNet2DConditionModel.from_pretrained(unet_dir).train()
+    apply_drop(unet, DropConfig(resnet_p=0.5, attention_p=0.5))
+    losses = []
+    with torch.no_grad():
+        for step in range(10_000, 10_012):
+            z0, ids = world.batch(step, 16)
+            loss, _ = diffusion_loss(unet, world, z0, ids, step, 0, DiffusionLossConfig(caption_dropout=0.0),
+                                     drop_generator=drop_generator(0, step))
+            losses.append(float(loss))
+    return float(np.mean(losses))
+
+
+def test_robust_recipe(parts: dict[str, Any]) -> None:
+    from snapfusion.train.robust import RobustRecipeConfig, train_robust
+
+    out = parts["root"] / "robust"
+    res = train_robust(RobustRecipeConfig(
+        tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], init=parts["teacher"],
+        out=str(out), data=parts["data"], drop={"resnet_p": 0.5, "attention_p": 0.5},
+        kd_weight=0.5, train=_train(batch_size=8, max_steps=40, lr=2e-3)), progress=False)
+    assert math.isfinite(res["final_loss"])
+    counts = res["drop_counts"]
+    assert set(counts) and all(0 < c < 40 for c in counts.values()), counts  # p = 0.5 over 40 steps
+    # sub-networks (half the blocks dropped) denoise better after robust training
+    before, after = _robust_eval_loss(parts, parts["teacher"]), _robust_eval_loss(parts, out / "unet")
+    assert after < 0.9 * before, (before, after)
+
+
+# ----------------------------------------------------------------------------- evolution
+
+
+def _table(costs: dict[str, float], full: float) -> dict[str, Any]:
+    return {"method": "given", "unit": "ms", "full": full, "blocks": costs}
+
+
+def test_evolution_search_budget_and_choices() -> None:
+    from snapfusion.train.evolution import EvolutionSearch
+
+    costs = {f"b{i}": c for i, c in enumerate([5.0, 4.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0])}
+    # harm per millisecond: b2 0.08 < b6 0.1 < b1 0.125 < b7 0.15 < b4 0.2 < b0 1.8 < b3 2.5 < b5 4
+    importance = {f"b{i}": v for i, v in enumerate([9.0, 0.5, 0.24, 5.0, 0.2, 4.0, 0.2, 0.45])}
+    calls = []
+
+    def score(removed: frozenset[str]) -> float:
+        calls.append(removed)
+        return -sum(importance[b] for b in removed)
+
+    search = EvolutionSearch(list(costs), _table(costs, 25.0), 0.5, score, allow_add_back=True)
+    while search.step() is not None:
+        pass
+    assert search.latency() <= 0.5 * 25.0 + 1e-9
+    # least harm per millisecond first, until 25 - (3 + 2 + 4 + 3 + 1) = 12 <= 12.5; then no
+    # removed block fits back into the 0.5 ms of slack
+    assert search.removed == ["b2", "b6", "b1", "b7", "b4"]
+    assert [h["kind"] for h in search.history] == ["remove"] * 5
+    # a given table is respected exactly
+    assert search.latency() == pytest.approx(25.0 - sum(costs[b] for b in search.removed))
+    assert calls
+
+
+def test_evolution_add_back_params_and_deadline() -> None:
+    import time
+
+    from snapfusion.train.evolution import EvolutionSearch
+
+    costs = {"a": 6.0, "b": 1.0, "c": 1.0}
+    # start over-pruned: everything removed; within budget 0.9 -> re-adding "a" (worth most) fits
+    search = EvolutionSearch(list(costs), _table(costs, 10.0), 0.9,
+                             lambda r: -10.0 * ("a" in r) - 1.0 * ("b" in r) - 0.5 * ("c" in r),
+                             removed=["a", "b", "c"])
+    rec = search.step()
+    assert rec is not None and rec["kind"] == "add" and rec["block"] == "a"
+    assert search.latency() <= 9.0
+    # parameter budget: latency fine but too many parameters -> removal by value per parameter
+    search = EvolutionSearch(list(costs), _table(costs, 10.0), 1.0, lambda r: -float(len(r)),
+                             param_costs={"a": 10, "b": 1000, "c": 0}, param_limit=600, param_total=1100)
+    while search.step() is not None:
+        pass
+    assert search.removed == ["b"] and search.params() == 100
+    # deadline already passed: forced removals still meet the budget, without evaluations
+    evals = []
+    search = EvolutionSearch(list(costs), _table(costs, 10.0), 0.3, lambda r: evals.append(r) or 0.0,
+                             deadline=time.perf_counter() - 1.0)
+    while search.step() is not None:
+        pass
+    assert search.latency() <= 3.0 + 1e-9 and not evals and all(h["forced"] for h in search.history)
+    with pytest.raises(ValueError):
+        EvolutionSearch(list(costs), _table(costs, 10.0), 1.5, lambda r: 0.0)
+    with pytest.raises(ValueError):
+        EvolutionSearch(["zz"], _table(costs, 10.0), 0.5, lambda r: 0.0)
+
+
+def test_evolve_recipe_meets_budget(parts: dict[str, Any], tmp_path: Path) -> None:
+    from snapfusion.nn import UNet2DConditionModel, block_names
+    from snapfusion.train.evolution import EvolveRecipeConfig, evolve
+
+    cfg = json.loads((Path(parts["teacher"]) / "config.json").read_text())
+    names = block_names(cfg)
+    table = _table({b: 1.0 + (i % 3) for i, b in enumerate(names)}, 1.0 + sum(1.0 + (i % 3) for i in range(len(names))))
+    tpath = tmp_path / "table.json"
+    tpath.write_text(json.dumps(table))
+    res = evolve(EvolveRecipeConfig(
+        tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], clip=parts["clip"],
+        init=parts["teacher"], out=str(tmp_path / "evolve"), budget=0.6, latency_table=str(tpath),
+        eval_prompts=2, eval_steps=1, ref_images=8, finetune_steps=1, max_actions=3, data=parts["data"],
+        train=_train(batch_size=2, max_steps=0, max_minutes=5.0, lr=1e-4, ema_decay=0.0)), progress=False)
+    assert res["table_ratio"] <= 0.6 + 1e-9
+    assert res["evaluations"] > 0 and res["actions"] >= 3
+    pruned = UNet2DConditionModel.from_pretrained(tmp_path / "evolve" / "unet")
+    assert pruned.config["elastic_blocks"] is not None
+    assert sorted(set(names) - set(block_names(pruned.config))) == sorted(res["removed"])
+    assert res["params_pruned"] < res["params_full"]
+
+
+# ----------------------------------------------------------------------------- distillation
+
+
+def _latent_world(parts: dict[str, Any]) -> Any:
+    from snapfusion.train.common import setup_env
+    from snapfusion.train.world import LatentWorld
+
+    return LatentWorld(parts["tok"], parts["te"], parts["vae"], setup_env("cpu"), parts["data"], bf16=False,
+                       progress=False)
+
+
+def test_distill_targets_and_cfg_branch(parts: dict[str, Any]) -> None:
+    from snapfusion.nn import UNet2DConditionModel
+    from snapfusion.train.distill import DistillRecipeConfig, distill_loss
+
+    world = _latent_world(parts)
+    teacher = UNet2DConditionModel.from_pretrained(parts["teacher"]).eval()
+    z0, ids = world.batch(0, 4)
+    # one teacher step per student step and student == teacher: the target is the student's
+    # own prediction, for the vanilla and the CFG-aware loss alike
+    for prob in (0.0, 1.0):
+        cfg = DistillRecipeConfig(teacher_substeps=1, cfg_prob=prob, guidance_range=(3.0, 5.0))
+        loss, logs = distill_loss(teacher, teacher, world, z0, ids, 0, 0, cfg)
+        assert float(loss.detach()) < 1e-8 and logs["cfg"] == prob
+        if prob:
+            assert 3.0 <= logs["w"] <= 5.0
+    # two teacher substeps: a real target, and the CFG-aware branch back-propagates
+    student = UNet2DConditionModel.from_pretrained(parts["teacher"])
+    cfg = DistillRecipeConfig(cfg_prob=1.0)
+    loss, logs = distill_loss(student, teacher, world, z0, ids, 1, 0, cfg)
+    assert float(loss.detach()) > 0 and logs["cfg"] == 1.0 and 2.0 <= logs["w"] <= 14.0
+    loss.backward()
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+
+
+def test_distill_recipe_loss_falls(parts: dict[str, Any], tmp_path: Path) -> None:
+    from snapfusion.nn import UNet2DConditionModel
+    from snapfusion.train.distill import DistillRecipeConfig, distill
+
+    torch.manual_seed(5)
+    UNet2DConditionModel(dict(UNET_CFG)).save_pretrained(tmp_path / "student")  # a fresh student
+    res = distill(DistillRecipeConfig(
+        tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], teacher=parts["teacher"],
+        student=str(tmp_path / "student"), out=str(parts["root"] / "distill"), cfg_prob=0.3, data=parts["data"],
+        train=_train(batch_size=8, max_steps=30, lr=2e-3, session_steps=0)), progress=False)
+    assert res["cfg_batches"] > 0
+    assert math.isfinite(res["final_loss"]) and res["final_loss"] < res["first_loss"], res
+
+
+def test_decoder_distillation(parts: dict[str, Any]) -> None:
+    from snapfusion.nn import AutoencoderKL
+    from snapfusion.train.decoder import DecoderRecipeConfig, distill_decoder
+
+    res = distill_decoder(DecoderRecipeConfig(
+        tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], teacher=parts["teacher"],
+        out=str(parts["root"] / "decoder"), n_latents=8, gen_steps=2, gen_batch=8, data=parts["data"],
+        decoder_groups=4, train=_train(batch_size=4, max_steps=30, lr=3e-3)), progress=False)
+    _falls(res, 0.8)
+    small = AutoencoderKL.from_pretrained(parts["root"] / "decoder" / "vae")
+    assert small.config["decoder_block_out_channels"] == [8, 8]
+    assert res["decoder_params"] < res["decoder_params_original"]
+    big = AutoencoderKL.from_pretrained(parts["vae"])
+    for k, v in big.state_dict().items():  # the encoder is the original one
+        if k.startswith("encoder."):
+            assert torch.equal(v, small.state_dict()[k])
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def _state(path: Path) -> dict[str, Any]:
+    return load_checkpoint(path / "checkpoint.pt")
+
+
+def test_resume_is_exact(parts: dict[str, Any], tmp_path: Path) -> None:
+    from snapfusion.train.teacher import TeacherRecipeConfig, train_teacher
+
+    def run(out: Path, session_steps: int) -> None:
+        common.reset_env()
+        train_teacher(TeacherRecipeConfig(
+            tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], out=str(out),
+            unet=dict(UNET_CFG), data=parts["data"],
+            train=_train(batch_size=4, max_steps=6, lr=1e-3, log_every=1, session_steps=session_steps)),
+            progress=False)
+
+    run(tmp_path / "a", 0)
+    run(tmp_path / "b", 3)
+    assert _state(tmp_path / "b")["step"] == 3
+    run(tmp_path / "b", 3)
+    a, b = _state(tmp_path / "a"), _state(tmp_path / "b")
+    assert a["step"] == b["step"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["ema"]["shadow"]:
+        assert torch.equal(a["ema"]["shadow"][k], b["ema"]["shadow"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        assert torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) and torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"])
+    la = [r["loss"] for r in read_jsonl(tmp_path / "a" / "log.jsonl")]
+    lb = [r["loss"] for r in read_jsonl(tmp_path / "b" / "log.jsonl")]
+    assert la == lb
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_checkpoint_and_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"\x80\x04not a checkpoint")
+    with pytest.raises(OSError):
+        load_checkpoint(bad)
+    with pytest.raises(OSError):
+        load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(ValueError):
+        load_config(TrainConfig, {"lr": 1e-3, "learning_rate": 1.0})
+    from snapfusion.train.diffusion import NoiseSchedule, trailing_timesteps
+
+    assert trailing_timesteps(8) == [999, 874, 749, 624, 499, 374, 249, 124]
+    with pytest.raises(ValueError):
+        trailing_timesteps(0)
+    with pytest.raises(ValueError):
+        NoiseSchedule().alpha_sigma(torch.tensor([1000]))
+    from snapfusion.train.latency import load_table
+
+    (tmp_path / "t.json").write_text(json.dumps({"full": 1.0, "blocks": {"a": -1.0}}))
+    with pytest.raises(ValueError):
+        load_table(tmp_path / "t.json")
+
+
+def test_schedule_matches_diffusers_ddim() -> None:
+    diffusers = pytest.importorskip("diffusers")
+    from snapfusion.train.diffusion import NoiseSchedule, scheduler_config
+
+    cfg = {k: v for k, v in scheduler_config().items() if k != "_class_name"}
+    ref = diffusers.DDIMScheduler(**cfg)
+    ref.set_timesteps(8)
+    ns = NoiseSchedule()
+    g = torch.Generator().manual_seed(0)
+    z, v = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g)
+    for t in ref.timesteps.tolist():
+        prev = max(t - 125, -1)
+        ours = ns.ddim_step(z, v, torch.tensor([t, t]), torch.tensor([prev, prev]))
+        torch.testing.assert_close(ours, ref.step(v, t, z).prev_sample, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_export_engine_matches_pytorch(parts: dict[str, Any], tmp_path: Path) -> None:
+    pytest.importorskip("snapfusion._engine")
+    from snapfusion.nn import UNet2DConditionModel, block_names
+    from snapfusion.train.evolution import prune_unet
+    from snapfusion.train.export import export_pipeline, folder_size_bytes, verify_export
+
+    full = UNet2DConditionModel.from_pretrained(parts["teacher"])
+    pruned = prune_unet(full, block_names(full.config)[:2])
+    pruned.save_pretrained(tmp_path / "unet")
+    vae_dir = parts["root"] / "decoder" / "vae"
+    if not vae_dir.is_dir():
+        vae_dir = Path(parts["vae"])
+    folder = export_pipeline(tmp_path / "model", parts["tok"], parts["te"], tmp_path / "unet", vae_dir,
+                             dtype="float16")
+    for sub in ("tokenizer/vocab.json", "text_encoder/config.json", "unet/config.json", "vae/config.json",
+                "scheduler/scheduler_config.json", "model_index.json"):
+        assert (folder / sub).is_file(), sub
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction" and sched["timestep_spacing"] == "trailing"
+    assert folder_size_bytes(folder) < 20_000_000
+    res = verify_export(folder)
+    for k in ("text_encoder", "unet", "vae_decoder"):
+        assert res[k] <= 1e-4 * max(1.0, res[k + "_scale"]), res
+    with pytest.raises(FileNotFoundError):
+        export_pipeline(tmp_path / "bad", tmp_path / "nothing", parts["te"], tmp_path / "unet", vae_dir)
+
+
+def test_pipeline_sampling_matches_torch_sampler(parts: dict[str, Any], tmp_path: Path) -> None:
+    pytest.importorskip("snapfusion._engine")
+    pytest.importorskip("snapfusion.schedulers")
+    from snapfusion.nn import UNet2DConditionModel
+    from snapfusion.pipeline import Pipeline
+    from snapfusion.train.diffusion import ddim_sample
+    from snapfusion.train.export import export_pipeline
+
+    folder = export_pipeline(tmp_path / "model", parts["tok"], parts["te"], parts["teacher"], parts["vae"],
+                             dtype="float32")
+    pipe = Pipeline.from_pretrained(folder, threads=1)
+    pipe.set_progress_bar_config(disable=True)
+    prompt = "a big red circle on a white background"
+    noise = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    out = pipe(prompt, num_inference_steps=4, guidance_scale=3.0, latents=noise, output_type="latent").images
+    world = _latent_world(parts)
+    unet = UNet2DConditionModel.from_pretrained(parts["teacher"]).eval()
+    ids = world.prompt_ids([prompt])
+    ref = ddim_sample(unet, world.schedule, world.text_states(ids), world.empty_states(1), 4, 3.0,
+                      torch.from_numpy(noise))
+    np.testing.assert_allclose(out, ref.numpy(), atol=2e-3, rtol=0)
+
+
+def test_recipe_command_line(parts: dict[str, Any], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = {"tokenizer": parts["tok"], "out": str(tmp_path / "clip"), "data": parts["data"], "text": TEXT,
+           "image": IMAGE, "projection_dim": 16, "train": _train(batch_size=4, max_steps=2)}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "snapfusion.train", "clip", "--config", str(tmp_path / "cfg.json")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["steps"] == 2
+    (tmp_path / "bad.json").write_text(json.dumps({**cfg, "typo": 1}))
+    r = subprocess.run([sys.executable, "-m", "snapfusion.train", "clip", "--config", str(tmp_path / "bad.json")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode != 0 and "typo" in r.stderr
