@@ -88,6 +88,32 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from . import _engine
+    from .convert.quantize import convert
+
+    if args.threads is not None:
+        _engine.set_num_threads(args.threads)
+    if args.calibrate is not None and args.no_calibrate:
+        raise ValueError("--calibrate and --no-calibrate exclude each other")
+    if args.weights != "int8" and (args.calibrate is not None or args.no_calibrate):
+        raise ValueError("--calibrate/--no-calibrate apply to --weights int8 only")
+    calibrate: Any = False if args.no_calibrate else args.calibrate
+    kwargs: dict[str, Any] = {}
+    if args.percentile is not None:
+        kwargs["percentile"] = args.percentile
+    if args.calibration_size is not None:
+        w, h = args.calibration_size
+        kwargs["calibration_size"] = (h, w)
+    out = convert(args.src, args.output, weights=args.weights, calibrate=calibrate,
+                  keep_fp32=args.keep_fp32, float_dtype=args.float_dtype,
+                  calibration_steps=args.calibration_steps, tokenizer=args.tokenizer,
+                  allow_pickle=args.allow_pickle, overwrite=args.overwrite, **kwargs)
+    size = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
+    print(f"wrote {out} ({args.weights} weights, {size / 2**20:.1f} MiB)")
+    return 0
+
+
 def unet_macs(pipe: Any, height: int, width: int) -> float:
     """Multiply-accumulates of one UNet call at batch 1, counted by the engine while it runs."""
     import numpy as np
@@ -214,6 +240,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="engine threads (per Dask worker with --dask)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+    c = sub.add_parser("convert", help="convert a model's weights to fp16, bf16 or int8",
+                       description="Write a diffusers-layout copy of a model (folder or "
+                       "single-file checkpoint) with 16-bit or int8 weights; int8 calibrates "
+                       "activation ranges by running the float model (docs/quantization.md).")
+    c.add_argument("src", help="diffusers folder (pipeline or component) or single-file "
+                   "checkpoint")
+    c.add_argument("-o", "--output", required=True, help="destination folder")
+    c.add_argument("--weights", choices=("fp32", "fp16", "bf16", "int8"), default="fp16")
+    c.add_argument("--calibrate", metavar="PROMPTS.txt", default=None,
+                   help="int8: calibration prompts, one per line (default: built-in prompts)")
+    c.add_argument("--no-calibrate", action="store_true",
+                   help="int8: no calibration (activation ranges computed at run time)")
+    c.add_argument("--keep-fp32", nargs="*", metavar="PATTERN", default=None,
+                   help="int8: glob patterns on tensor names of layers kept float (replace "
+                   "the defaults; give none to quantize every layer)")
+    c.add_argument("--float-dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
+                   help="int8: storage of the tensors that stay float")
+    c.add_argument("--percentile", type=float, default=None,
+                   help="int8: calibration clipping percentile of each tail (100: min/max)")
+    c.add_argument("--calibration-steps", type=_positive, default=8,
+                   help="int8: denoising steps per calibration prompt")
+    c.add_argument("--calibration-size", type=_size, default=None,
+                   help="int8: WxH of the calibration images (default: the model's)")
+    c.add_argument("--tokenizer", default=None,
+                   help="single-file sources: the CLIP tokenizer folder")
+    c.add_argument("--allow-pickle", action="store_true",
+                   help="allow a pickled .ckpt source (only for files you trust)")
+    c.add_argument("--overwrite", action="store_true", help="replace a non-empty destination")
+    c.add_argument("--threads", type=_positive, default=None)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
@@ -224,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_generate(args)
         if args.command == "info":
             return _cmd_info(args)
+        if args.command == "convert":
+            return _cmd_convert(args)
         if args.command == "eval":
             return _cmd_eval(args)
         from . import selfcheck
