@@ -342,26 +342,38 @@ sf_status sf_unet_run(sf_unet *u, const float *sample, size_t batch, size_t h, s
         size_t r = nb - 1 - i;
         for (size_t j = 0; j < c->layers_per_block[r] + 1; j++) {
             sf_unet_layer *l = &u->up[i][j];
-            sf_act skip = stack[--sp], in = cur, next;
+            sf_act skip = stack[--sp], next;
             if (l->has_resnet) {
                 if (skip.h != cur.h || skip.w != cur.w)
                     SF_FAIL(SF_ERR_SHAPE, "unet: skip %zux%zu does not match %zux%zu", skip.h,
                             skip.w, cur.h, cur.w);
+                /* the output first, so that the concatenation can be released right after */
+                SF_CHECK(alloc_act(a, batch, cur.h, cur.w, l->out_ch, &next));
+                sf_arena_mark_t m = sf_arena_mark(a);
+                sf_act in;
                 SF_CHECK(alloc_act(a, batch, cur.h, cur.w, cur.c + skip.c, &in));
                 SF_CHECK(sf_concat_channels(cur.x, cur.c, skip.x, skip.c,
                                             batch * cur.h * cur.w, in.x));
+                SF_CHECK(sf_resnet_run(&l->resnet, a, in.x, batch, in.h, in.w, temb, next.x));
+                SF_CHECK(sf_arena_release(a, m));
+                if (l->has_attn)
+                    SF_CHECK(sf_transformer_run(&l->attn, a, next.x, batch, next.h, next.w, ctx,
+                                                ctx_len));
+            } else {
+                SF_CHECK(run_layer(u, l, &cur, batch, temb, ctx, ctx_len, &next));
             }
-            SF_CHECK(run_layer(u, l, &in, batch, temb, ctx, ctx_len, &next));
             cur = next;
         }
         if (u->upsample[i]) {
             /* diffusers upsamples to the size of the next skip (forward_upsample_size) */
             size_t oh = stack[sp - 1].h, ow = stack[sp - 1].w;
             sf_act up, next;
+            SF_CHECK(alloc_act(a, batch, oh, ow, cur.c, &next));
+            sf_arena_mark_t m = sf_arena_mark(a);
             SF_CHECK(alloc_act(a, batch, oh, ow, cur.c, &up));
             SF_CHECK(sf_resize_nearest(cur.x, batch, cur.h, cur.w, cur.c, oh, ow, up.x));
-            SF_CHECK(alloc_act(a, batch, oh, ow, cur.c, &next));
             SF_CHECK(sf_conv_layer_run(u->upsample[i], up.x, batch, oh, ow, next.x));
+            SF_CHECK(sf_arena_release(a, m));
             cur = next;
         }
         snprintf(hname, sizeof hname, "up_block_%zu", i);
