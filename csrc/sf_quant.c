@@ -709,8 +709,20 @@ typedef struct {
     sf_qstats in, out;
 } sf_qentry;
 
+/* Histogram counting tables: every value indexes a table by its top 15 bits (sign, exponent,
+ * 6 mantissa bits); 4 interleaved tables so that runs of equal bins do not wait on each
+ * other's increments. They are folded into the observer's bins after each input. */
+#define SF_QRAW_SLOTS (1u << 15)
+#define SF_QRAW_WAYS 4
+#define SF_QRAW_BLOCK ((size_t)1 << 30) /* values per fold: uint32 counts cannot overflow */
+
+struct sf_qraw {
+    uint32_t c[SF_QRAW_WAYS][SF_QRAW_SLOTS];
+};
+
 struct sf_qobserver {
     pthread_mutex_t lock;
+    struct sf_qraw *raw; /* histogram counting tables (used under lock) */
     sf_qentry **entries;
     size_t count, cap;
     size_t *table; /* open addressing: index + 1, 0 = empty */
@@ -727,7 +739,13 @@ sf_status sf_qobserver_create(sf_qobserver **out) {
     sf_qobserver *o = calloc(1, sizeof *o);
     if (!o)
         return sf_error(SF_ERR_OOM, "sf_qobserver_create: out of memory");
+    o->raw = sf_aligned_alloc(sizeof *o->raw);
+    if (!o->raw) {
+        free(o);
+        return sf_error(SF_ERR_OOM, "sf_qobserver_create: out of memory");
+    }
     if (pthread_mutex_init(&o->lock, NULL) != 0) {
+        sf_aligned_free(o->raw);
         free(o);
         return sf_error(SF_ERR_OOM, "sf_qobserver_create: pthread_mutex_init failed");
     }
@@ -745,6 +763,7 @@ void sf_qobserver_destroy(sf_qobserver *o) {
     }
     free(o->entries);
     free(o->table);
+    sf_aligned_free(o->raw);
     pthread_mutex_destroy(&o->lock);
     free(o);
 }
@@ -858,36 +877,123 @@ void sf_qobserve_register(const char *name, const char *kind) {
     pthread_rwlock_unlock(&sf_qobs_rw);
 }
 
-static void sf_qstats_add(sf_qstats *s, const float *x, size_t n) {
-    const uint32_t base = (uint32_t)(127 + SF_QHIST_MIN_EXP) << 6;
-    float mn = s->min, mx = s->max;
-    uint64_t nan = 0;
+/* Finite min/max and the counts of NaN and of +-infinity of n values. */
+typedef struct {
+    float min, max;
+    uint64_t nan, pinf, ninf;
+} sf_qscan;
+
+#if SF_QUANT_X86
+__attribute__((target("avx512f"))) static void sf_qscan_avx512(const float *x, size_t n,
+                                                               sf_qscan *r) {
+    const __m512 pinf = _mm512_set1_ps(INFINITY), ninf = _mm512_set1_ps(-INFINITY);
+    __m512 vmn = pinf, vmx = ninf;
+    uint64_t nan = 0, pi = 0, ni = 0;
+    for (size_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        __mmask16 un = _mm512_mask_cmp_ps_mask(m, v, v, _CMP_UNORD_Q);
+        __mmask16 ip = _mm512_mask_cmp_ps_mask(m, v, pinf, _CMP_EQ_OQ);
+        __mmask16 in = _mm512_mask_cmp_ps_mask(m, v, ninf, _CMP_EQ_OQ);
+        __mmask16 fin = m & (__mmask16) ~(un | ip | in);
+        vmn = _mm512_mask_min_ps(vmn, fin, vmn, v);
+        vmx = _mm512_mask_max_ps(vmx, fin, vmx, v);
+        nan += (uint64_t)__builtin_popcount(un);
+        pi += (uint64_t)__builtin_popcount(ip);
+        ni += (uint64_t)__builtin_popcount(in);
+    }
+    r->min = _mm512_reduce_min_ps(vmn);
+    r->max = _mm512_reduce_max_ps(vmx);
+    r->nan = nan;
+    r->pinf = pi;
+    r->ninf = ni;
+}
+#endif
+
+static void sf_qscan_values(const float *x, size_t n, sf_qscan *r) {
+#if SF_QUANT_X86
+    if (sf_have_avx512()) {
+        sf_qscan_avx512(x, n, r);
+        return;
+    }
+#endif
+    memset(r, 0, sizeof *r);
+    r->min = INFINITY;
+    r->max = -INFINITY;
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
-        uint32_t bits;
-        memcpy(&bits, &v, 4);
-        uint32_t mag = bits & 0x7fffffffu;
-        if (mag > 0x7f800000u) {
-            nan++;
-            continue;
+        if (v != v)
+            r->nan++;
+        else if (v == INFINITY)
+            r->pinf++;
+        else if (v == -INFINITY)
+            r->ninf++;
+        else {
+            r->min = fminf(r->min, v);
+            r->max = fmaxf(r->max, v);
         }
-        if (mag < 0x7f800000u) {
-            mn = v < mn ? v : mn;
-            mx = v > mx ? v : mx;
-        }
-        uint32_t key = mag >> 17; /* exponent and the top 6 mantissa bits */
-        uint32_t b = key > base ? key - base : 0;
-        if (b >= SF_QHIST_BINS)
-            b = SF_QHIST_BINS - 1;
-        if (bits >> 31)
-            s->neg[b]++;
-        else
-            s->pos[b]++;
     }
-    s->min = mn;
-    s->max = mx;
+}
+
+
+static void sf_qstats_add(sf_qstats *s, const float *x, size_t n, struct sf_qraw *raw) {
+    const uint32_t base = (uint32_t)(127 + SF_QHIST_MIN_EXP) << 6;
+    sf_qscan sc;
+    sf_qscan_values(x, n, &sc);
+    s->min = fminf(s->min, sc.min);
+    s->max = fmaxf(s->max, sc.max);
     s->count += n;
-    s->nan_count += nan;
+    s->nan_count += sc.nan;
+    s->pos[SF_QHIST_BINS - 1] += sc.pinf;
+    s->neg[SF_QHIST_BINS - 1] += sc.ninf;
+    if (n < 8192) { /* small inputs: bin directly */
+        for (size_t i = 0; i < n; i++) {
+            uint32_t bits;
+            memcpy(&bits, x + i, 4);
+            uint32_t key = (bits & 0x7fffffffu) >> 17;
+            if ((key >> 6) == 0xffu)
+                continue;
+            uint32_t b = key > base ? key - base : 0;
+            if (b >= SF_QHIST_BINS)
+                b = SF_QHIST_BINS - 1;
+            if (bits >> 31)
+                s->neg[b]++;
+            else
+                s->pos[b]++;
+        }
+        return;
+    }
+    for (size_t i0 = 0; i0 < n; i0 += SF_QRAW_BLOCK) {
+        size_t i1 = n - i0 < SF_QRAW_BLOCK ? n : i0 + SF_QRAW_BLOCK;
+        memset(raw, 0, sizeof *raw);
+        size_t i = i0;
+        for (; i + SF_QRAW_WAYS <= i1; i += SF_QRAW_WAYS)
+            for (size_t t = 0; t < SF_QRAW_WAYS; t++) {
+                uint32_t b;
+                memcpy(&b, x + i + t, 4);
+                raw->c[t][b >> 17]++;
+            }
+        for (; i < i1; i++) {
+            uint32_t b;
+            memcpy(&b, x + i, 4);
+            raw->c[0][b >> 17]++;
+        }
+        for (uint32_t slot = 0; slot < SF_QRAW_SLOTS; slot++) {
+            uint64_t c = 0;
+            for (size_t t = 0; t < SF_QRAW_WAYS; t++)
+                c += raw->c[t][slot];
+            uint32_t key = slot & 0x3fffu;
+            if (!c || (key >> 6) == 0xffu) /* NaN and infinities: counted by the scan */
+                continue;
+            uint32_t b = key > base ? key - base : 0;
+            if (b >= SF_QHIST_BINS)
+                b = SF_QHIST_BINS - 1;
+            if (slot >> 14)
+                s->neg[b] += c;
+            else
+                s->pos[b] += c;
+        }
+    }
 }
 
 void sf_qobserve(const char *name, int is_output, const float *x, size_t n) {
@@ -899,7 +1005,7 @@ void sf_qobserve(const char *name, int is_output, const float *x, size_t n) {
         pthread_mutex_lock(&o->lock);
         sf_qentry *e = sf_qobserver_entry(o, name, NULL);
         if (e)
-            sf_qstats_add(is_output ? &e->out : &e->in, x, n);
+            sf_qstats_add(is_output ? &e->out : &e->in, x, n, o->raw);
         pthread_mutex_unlock(&o->lock);
     }
     pthread_rwlock_unlock(&sf_qobs_rw);

@@ -264,14 +264,36 @@ static int qconv_ready(PyQConv *self) {
     return 0;
 }
 
-/* qconv(x (B, H, W, in)) -> (B, OH, OW, out) */
+/* The output array: `out` if given (float32, C-contiguous, writeable, of the given shape; a new
+ * reference), else a new array. */
+static PyArrayObject *output_array(PyObject *out, int ndim, const npy_intp *shape) {
+    if (!out || out == Py_None)
+        return sf_py_new_f32(ndim, shape);
+    if (!PyArray_Check(out)) {
+        PyErr_SetString(PyExc_TypeError, "out must be a numpy array");
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)out;
+    int ok = PyArray_TYPE(a) == NPY_FLOAT32 && PyArray_IS_C_CONTIGUOUS(a) &&
+             PyArray_ISWRITEABLE(a) && PyArray_ISALIGNED(a) && PyArray_NDIM(a) == ndim;
+    for (int i = 0; ok && i < ndim; i++)
+        ok = PyArray_DIM(a, i) == shape[i];
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "out must be a writeable C-contiguous float32 array "
+                        "of the output's shape");
+        return NULL;
+    }
+    return (PyArrayObject *)Py_NewRef(out);
+}
+
+/* qconv(x (B, H, W, in), out=None) -> (B, OH, OW, out) */
 static PyObject *qconv_call(PyQConv *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"x", NULL};
-    PyObject *xo;
+    static char *kwlist[] = {"x", "out", NULL};
+    PyObject *xo, *oo = NULL;
     char buf[96];
     if (qconv_ready(self) < 0)
         return NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O", kwlist, &xo))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$O", kwlist, &xo, &oo))
         return NULL;
     const sf_qconv_params *p = sf_qconv_get_params(self->q);
     PyArrayObject *x = sf_py_f32(xo, "x", 4), *y = NULL;
@@ -291,7 +313,7 @@ static PyObject *qconv_call(PyQConv *self, PyObject *args, PyObject *kwds) {
     }
     npy_intp shape[4] = {PyArray_DIM(x, 0), (npy_intp)oh, (npy_intp)ow,
                          (npy_intp)p->out_channels};
-    y = sf_py_new_f32(4, shape);
+    y = output_array(oo, 4, shape);
     if (!y)
         goto fail;
     if (qconv_ready(self) < 0)
@@ -389,7 +411,8 @@ static PyType_Slot qconv_slots[] = {
      "each input's min/max when not given. output_scale/output_zero_point are needed by the "
      "'xnnpack' back end (its int8 output). padding: int, (ph, pw) or (top, left, bottom, "
      "right).\n"
-     "Call: layer(x (B, H, W, in) float32 NHWC) -> (B, OH, OW, out) float32."},
+     "Call: layer(x (B, H, W, in) float32 NHWC, *, out=None) -> (B, OH, OW, out) float32 "
+     "(written into `out`, a float32 C-contiguous array of that shape, when given)."},
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_init, qconv_init},
     {Py_tp_dealloc, qconv_dealloc},

@@ -381,6 +381,51 @@ static void test_observer(void) {
     EXPECT(si->pos[0] == 1 && si->pos[SF_QHIST_BINS - 1] == 1);
     EXPECT(fabs(sf_qhist_edge(b1) - 1.0) < 1e-12 && fabs(sf_qhist_edge(b3) - 3.0) < 1e-12);
     EXPECT_STATUS(sf_qobserver_layer(o, 2, &name, &kind, &si, &so), SF_ERR_INVALID_ARG);
+    /* large inputs (counting tables) and small ones (direct binning) agree */
+    {
+        enum { N = 50000 };
+        float *big = malloc(N * sizeof(float));
+        if (!big) {
+            EXPECT(0);
+            goto done;
+        }
+        for (int i = 0; i < N; i++)
+            big[i] = sf_test_rand(&rng) * (float)(1 << (i % 20)) * 1e-3f;
+        big[5] = NAN;
+        big[6] = INFINITY;
+        big[7] = -INFINITY;
+        big[8] = 0.0f;
+        big[9] = -1e-40f; /* denormal */
+        big[10] = 3e37f;
+        EXPECT_OK(sf_qobserver_install(o));
+        sf_qobserve("big", 0, big, N);
+        for (int i = 0; i < N; i += 1000)
+            sf_qobserve("small", 0, big + i, 1000);
+        sf_qobserver_uninstall(o);
+        const sf_qstats *sb = NULL, *ss = NULL;
+        for (size_t i = 0; i < sf_qobserver_count(o); i++) {
+            EXPECT_OK(sf_qobserver_layer(o, i, &name, &kind, &si, &so));
+            if (strcmp(name, "big") == 0)
+                sb = si;
+            if (strcmp(name, "small") == 0)
+                ss = si;
+        }
+        EXPECT(sb && ss);
+        if (sb && ss) {
+            uint64_t total = 0;
+            int same = 1;
+            for (int b = 0; b < SF_QHIST_BINS; b++) {
+                same &= sb->pos[b] == ss->pos[b] && sb->neg[b] == ss->neg[b];
+                total += sb->pos[b] + sb->neg[b];
+            }
+            EXPECT(same);
+            EXPECT(sb->count == N && sb->nan_count == 1 && total == N - 1);
+            EXPECT(sb->min == ss->min && sb->max == 3e37f && sb->min < 0.0f);
+            EXPECT(sb->pos[SF_QHIST_BINS - 1] >= 2 && sb->neg[SF_QHIST_BINS - 1] >= 1);
+            EXPECT(sb->neg[0] >= 1 && sb->pos[0] >= 1); /* the denormal and the zero */
+        }
+        free(big);
+    }
 done:
     sf_qobserver_destroy(o);
     sf_qobserver_destroy(o2);

@@ -1,0 +1,468 @@
+"""Quantized weights on SD-v1.5: fp32, fp16-stored, int8 on XNNPACK and int8 on our VNNI kernels.
+
+Three parts:
+
+1. Kernels: SD-v1.5's big convolutions (3x3 at 320/640/1280 channels, the 2560 -> 1280 of the
+   up blocks, a 1x1 feed-forward projection, VAE decoder convolutions) as single int8 layers
+   (``_engine.QConv2d``, float32 in and out: the times include quantizing the input; the
+   output array is reused) on our VNNI kernel and on XNNPACK's qc8 operator, and as float32
+   ``_engine.Conv2d`` (a new output array per call): GOP/s (2 operations per
+   multiply-accumulate), best of ``--repeat`` rounds, and the fraction of the VNNI peak, from
+   a small C loop of independent ``vpdpbusd`` chains (compiled on the fly with
+   ``cc -O3 -march=native``, like the FMA peak of _common.py) run before each round; the best
+   peak seen is used.
+2. Models: the SD-v1.5 UNet (one call, batch 2 = classifier-free guidance) and VAE decoder (one
+   call, batch 1) at 256x256 and 512x512 images, random weights (bench_pipeline.py's cache),
+   in four variants: ``fp32``; ``fp16`` (16-bit files, widened to float32 at load);
+   ``int8_xnnpack`` and ``int8_own`` (the same int8 files, calibrated on random latents, run
+   with SNAPFUSION_INT8=xnnpack or vnni). Timing: each variant runs in a process of its own
+   together with the fp32 model, the two called in alternation (the machine is shared: a burst
+   of load hits both alike), so the speed-up is measured within one time window. Memory: each
+   variant is loaded and run once in a process of its own; peak RSS is its VmHWM (ru_maxrss
+   would carry the parent's peak over fork + exec); the RSS right after loading is reported
+   too. Reported: median seconds, speed-up over fp32, GOP/s (MACs counted by the engine x 2 /
+   time) and fraction of the VNNI peak, peak RSS, size on disk of the component folder.
+3. Accuracy: the default model is still training, so image quality is measured on the golden
+   random-weight sd_tiny pipeline: PSNR of the fp16 and int8 (calibrated) images against
+   fp32, same prompts and seeds. A trained model's figures are for later.
+
+Usage::
+
+    python benchmarks/bench_quant.py [--threads N] [--repeat R] [--sizes 256,512]
+        [--parts kernels,models,accuracy] [--cache DIR] [--json PATH]
+
+``--json`` writes ``{name: {"s", "fp32_s", "speedup", "rss_mb", "size_mb", ...}}`` with names
+``<unet|decoder>_<size>_<fp32|fp16|int8_xnnpack|int8_own>`` (plus ``kernel_*`` and
+``accuracy_*`` entries and ``_machine``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (REPO, machine_info, measure_peak_gflops, median,  # noqa: E402
+                     time_interleaved)
+
+VARIANTS = ("fp32", "fp16", "int8_xnnpack", "int8_own")
+
+_VNNI_SOURCE = r"""
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#define CHAINS 16 /* independent accumulators: more than latency x ports */
+static long iters;
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
+                          return t.tv_sec + t.tv_nsec * 1e-9; }
+static void *run(void *arg) {
+    __m512i a[CHAINS], b = _mm512_set1_epi8(3), c = _mm512_set1_epi8(5);
+    for (int i = 0; i < CHAINS; i++) a[i] = _mm512_set1_epi32(i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < CHAINS; i++) a[i] = _mm512_dpbusd_epi32(a[i], b, c);
+    __m512i s = a[0];
+    for (int i = 1; i < CHAINS; i++) s = _mm512_add_epi32(s, a[i]);
+    *(int *)arg = _mm512_reduce_add_epi32(s);
+    return NULL;
+}
+int main(int argc, char **argv) {
+    int n = atoi(argv[1]);
+    iters = atol(argv[2]);
+    pthread_t th[1024];
+    int out[1024];
+    if (n < 1 || n > 1024) return 2;
+    double t0 = now();
+    for (int i = 0; i < n; i++) pthread_create(&th[i], NULL, run, &out[i]);
+    for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
+    double t = now() - t0;
+    /* 64 multiply-accumulates (16 lanes x 4 bytes) = 128 operations per instruction */
+    printf("%.3f %d\n", (double)n * iters * CHAINS * 128.0 / t / 1e9, out[0]);
+    return 0;
+}
+"""
+
+#: SD-v1.5 shapes: (name, batch, h, w, in, out, kernel)
+KERNEL_CASES = (
+    ("unet conv3x3 64x64 320->320 b2", 2, 64, 64, 320, 320, 3),
+    ("unet conv3x3 32x32 640->640 b2", 2, 32, 32, 640, 640, 3),
+    ("unet conv3x3 16x16 1280->1280 b2", 2, 16, 16, 1280, 1280, 3),
+    ("unet conv3x3 16x16 2560->1280 b2", 2, 16, 16, 2560, 1280, 3),
+    ("unet ff 1x1 8192 rows 320->2560", 1, 8192, 1, 320, 2560, 1),
+    ("vae conv3x3 64x64 512->512", 1, 64, 64, 512, 512, 3),
+    ("vae conv3x3 128x256 256->256", 1, 128, 256, 256, 256, 3),
+)
+
+
+class VnniPeak:
+    """The int8 VNNI peak in GOP/s, measured with a small C loop of independent ``vpdpbusd``
+    chains on ``threads`` threads (compiled on the fly; ``available`` is False without a C
+    compiler or without AVX512-VNNI). ``trial(seconds)`` runs it once; ``best`` is the largest
+    figure seen (other load only ever lowers it)."""
+
+    def __init__(self, threads: int) -> None:
+        from snapfusion import _engine
+
+        self.threads = threads
+        self.best = 0.0
+        self._tmp = tempfile.TemporaryDirectory(prefix="sf_vnni_")
+        self._exe = Path(self._tmp.name, "vnni")
+        self._iters_per_s = 0.0
+        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        self.available = bool(cc) and bool(_engine.int8_backends()["vnni"])
+        if self.available:
+            src = Path(self._tmp.name, "vnni.c")
+            src.write_text(_VNNI_SOURCE)
+            build = subprocess.run([str(cc), "-O3", "-march=native", "-pthread", str(src), "-o",
+                                    str(self._exe)], capture_output=True, text=True, check=False)
+            self.available = build.returncode == 0
+        if self.available:
+            t0 = time.perf_counter()
+            self._run(2_000_000)
+            self._iters_per_s = 2_000_000 / max(time.perf_counter() - t0, 1e-3)
+
+    def _run(self, iters: int) -> float:
+        out = subprocess.run([str(self._exe), str(self.threads), str(iters)],
+                             capture_output=True, text=True, check=True).stdout
+        return float(out.split()[0])
+
+    def trial(self, seconds: float = 0.2) -> float:
+        if not self.available:
+            return float("nan")
+        g = self._run(max(100_000, int(self._iters_per_s * seconds)))
+        self.best = max(self.best, g)
+        return g
+
+
+def kernels(threads: int, repeat: int, peak: VnniPeak) -> dict[str, Any]:
+    """Each case: `repeat` rounds of (a VNNI peak trial, our kernel, XNNPACK qc8, fp32), the
+    best time of each (load only ever adds time), GOP/s against the best peak seen."""
+    import numpy as np
+
+    from snapfusion import _engine
+
+    _engine.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {}
+    print(f"{'kernel':36s} {'GOP':>6s} {'own GOP/s':>10s} {'%VNNI':>6s} {'xnn GOP/s':>10s} "
+          f"{'%VNNI':>6s} {'fp32 GFLOP/s':>13s}")
+    for name, b, h, w, ci, co, k in KERNEL_CASES:
+        wq = rng.integers(-127, 128, (co, ci, k, k), dtype=np.int8)
+        ws = np.full(co, 0.01, np.float32)
+        x = rng.standard_normal((b, h, w, ci)).astype(np.float32)
+        gop = 2.0 * b * h * w * co * ci * k * k / 1e9
+        layers = {}
+        if _engine.int8_backends()["vnni"]:
+            layers["own"] = _engine.QConv2d(wq, ws, None, padding=k // 2, input_scale=0.03,
+                                            input_zero_point=0, backend="vnni")
+        layers["xnnpack"] = _engine.QConv2d(wq, ws, None, padding=k // 2, input_scale=0.03,
+                                            input_zero_point=0, output_scale=1.0,
+                                            output_zero_point=0, backend="xnnpack")
+        layers["fp32"] = _engine.Conv2d(rng.standard_normal((co, ci, k, k)).astype(np.float32),
+                                        None, padding=k // 2)
+        best = {key: float("inf") for key in layers}
+        y = layers["xnnpack"](x)  # int8 layers write into this (no page faults per call)
+        calls = {key: (lambda layer=layer: layer(x, out=y)) if key != "fp32" else
+                 (lambda layer=layer: layer(x)) for key, layer in layers.items()}
+        for _ in range(repeat):
+            peak.trial()
+            for key, call in calls.items():
+                t0 = time.perf_counter()
+                call()
+                best[key] = min(best[key], time.perf_counter() - t0)
+                time.sleep(0.05)
+        row: dict[str, Any] = {"gop": gop}
+        for key in layers:
+            row[f"{key}_s"] = best[key]
+            row[f"{key}_gops"] = gop / best[key]
+        out["kernel_" + name.replace(" ", "_").replace(">", "").replace("-", "_")] = row
+        row["_name"] = name
+    # fractions against the best peak of the whole run
+    nan = float("nan")
+    for row in out.values():
+        name = row.pop("_name")
+        for key in ("own", "xnnpack", "fp32"):
+            if f"{key}_gops" in row and peak.best:
+                row[f"{key}_vnni_fraction"] = row[f"{key}_gops"] / peak.best
+        print(f"{name:36s} {row['gop']:6.2f} {row.get('own_gops', nan):10.1f} "
+              f"{100 * row.get('own_vnni_fraction', nan):5.1f}% {row['xnnpack_gops']:10.1f} "
+              f"{100 * row.get('xnnpack_vnni_fraction', nan):5.1f}% {row['fp32_gops']:13.1f}",
+              flush=True)
+    print(f"VNNI peak (best trial): {peak.best:.0f} GOP/s")
+    return out
+
+
+# --------------------------------------------------------------------------------- models
+
+
+def _folder_size(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def prepare_variants(cache: Path, qcache: Path) -> None:
+    """fp16 and int8 copies of the cached SD-1.5 UNet and VAE (once)."""
+    import numpy as np
+
+    from snapfusion import _engine
+    from snapfusion.convert import convert
+
+    _engine.set_num_threads(os.cpu_count() or 1)
+    rng = np.random.default_rng(1)
+
+    def cal_unet(models: dict[str, Any]) -> None:
+        unet = models[""] if "" in models else next(iter(models.values()))
+        for t in (999, 500, 20):  # latents of a 256x256 image, batch 2
+            unet(rng.standard_normal((2, 4, 32, 32)).astype(np.float32), t,
+                 rng.standard_normal((2, 77, 768)).astype(np.float32))
+
+    def cal_vae(models: dict[str, Any]) -> None:
+        vae = models[""] if "" in models else next(iter(models.values()))
+        for _ in range(2):
+            vae.decode(rng.standard_normal((1, 4, 32, 32)).astype(np.float32))
+
+    for comp, cal in (("unet", cal_unet), ("vae", cal_vae)):
+        for weights in ("fp16", "int8"):
+            dst = qcache / f"{comp}_{weights}"
+            if (dst / "config.json").is_file():
+                continue
+            print(f"converting {comp} to {weights} ...", flush=True)
+            convert(cache / comp, dst, weights=weights,
+                    calibrate=cal if weights == "int8" else None, overwrite=True)
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set of this process: VmHWM (the high-water mark of this program's memory;
+    ru_maxrss also carries the parent's peak over fork + exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _build(variant: str, comp: str, size: int, cache: Path, qcache: Path) -> tuple[Any, Path]:
+    """The model of a variant and the function running one call on random inputs."""
+    import numpy as np
+
+    from snapfusion.components import AutoencoderKL, UNet
+
+    folder_name = "unet" if comp == "unet" else "vae"
+    if variant == "fp32":
+        folder = cache / folder_name
+    else:
+        folder = qcache / f"{folder_name}_{'fp16' if variant == 'fp16' else 'int8'}"
+    # the int8 back end is chosen when the layers are created
+    os.environ["SNAPFUSION_INT8"] = "xnnpack" if variant == "int8_xnnpack" else "vnni"
+    rng = np.random.default_rng(0)
+    lat = size // 8
+    if comp == "unet":
+        model = UNet(folder)
+        x = rng.standard_normal((2, 4, lat, lat)).astype(np.float32)
+        ctx = rng.standard_normal((2, 77, 768)).astype(np.float32)
+        return (lambda: model(x, 500, ctx)), folder
+    model = AutoencoderKL(folder, encoder=False, strict=False)
+    z = rng.standard_normal((1, 4, lat, lat)).astype(np.float32)
+    return (lambda: model.decode(z)), folder
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Timing: fp32 and one other variant in this process, called in alternation (so that the
+    load of a shared machine hits both alike). Memory (--rss): one variant alone, loaded and
+    run once; its peak resident set."""
+    from _common import time_interleaved
+
+    from snapfusion import _engine
+
+    _engine.set_num_threads(args.threads)
+    cache, qcache = Path(args.cache), Path(args.qcache)
+    if args.rss:
+        rss0 = _peak_rss_mb()
+        fn, folder = _build(args.variant, args.component, args.size, cache, qcache)
+        rss_load = _current_rss_mb()
+        fn()
+        return {"rss_mb": _peak_rss_mb(), "rss_before_mb": rss0, "rss_after_load_mb": rss_load,
+                "size_mb": _folder_size(folder)}
+    fns = {}
+    for variant in dict.fromkeys(("fp32", args.variant)):
+        fns[variant], _ = _build(variant, args.component, args.size, cache, qcache)
+    variant_fn = fns[args.variant]
+    _engine.reset_mac_counter()
+    variant_fn()
+    macs = _engine.mac_counter()
+    times = time_interleaved(fns, args.repeat, warmup=1, gap_s=0.2)
+    return {"s": median(times[args.variant]), "fp32_s": median(times["fp32"]),
+            "times": times[args.variant], "fp32_times": times["fp32"], "macs": macs}
+
+
+def _current_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def run_worker(variant: str, comp: str, size: int, args: argparse.Namespace,
+               rss: bool = False) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", "--variant", variant, "--component", comp,
+           "--size", str(size), "--threads", str(args.threads), "--repeat", str(args.repeat),
+           "--cache", str(args.cache), "--qcache", str(args.qcache)] + (["--rss"] if rss else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{variant} {comp} {size} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def models(args: argparse.Namespace, vnni_peak: float | None) -> dict[str, Any]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_pipeline import prepare
+
+    cache, qcache = Path(args.cache), Path(args.qcache)
+    cache.mkdir(parents=True, exist_ok=True)
+    prepare(cache)
+    prepare_variants(cache, qcache)
+    results: dict[str, Any] = {}
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"{'model':24s} {'s':>8s} {'fp32 s':>8s} {'speedup':>8s} {'GOP/s':>8s} {'%VNNI':>6s} "
+          f"{'RSS MB':>8s} {'load MB':>8s} {'disk MB':>8s}")
+    for comp in ("unet", "decoder"):
+        for size in sizes:
+            for variant in VARIANTS:
+                r = run_worker(variant, comp, size, args)
+                m = run_worker(variant, comp, size, args, rss=True)
+                gops = 2 * r["macs"] / r["s"] / 1e9
+                row = {"s": r["s"], "fp32_s": r["fp32_s"], "speedup": r["fp32_s"] / r["s"],
+                       "rss_mb": m["rss_mb"], "rss_after_load_mb": m["rss_after_load_mb"],
+                       "size_mb": m["size_mb"], "gops": gops, "times": r["times"],
+                       "fp32_times": r["fp32_times"]}
+                if vnni_peak:
+                    row["vnni_fraction"] = gops / vnni_peak
+                name = f"{comp}_{size}_{variant}"
+                results[name] = row
+                print(f"{name:24s} {r['s']:8.3f} {r['fp32_s']:8.3f} {row['speedup']:8.2f} "
+                      f"{gops:8.1f} {100 * row.get('vnni_fraction', float('nan')):5.1f}% "
+                      f"{m['rss_mb']:8.0f} {m['rss_after_load_mb']:8.0f} {m['size_mb']:8.0f}",
+                      flush=True)
+    return results
+
+
+# ------------------------------------------------------------------------------- accuracy
+
+
+def accuracy_worker(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from snapfusion import _engine
+    from snapfusion.pipeline import Pipeline
+
+    _engine.set_num_threads(args.threads)
+    ref = Pipeline.from_pretrained(Path(args.golden) / "sd_tiny")
+    pipe = Pipeline.from_pretrained(args.model)
+    prompts = ["a photo of an astronaut riding a horse on the moon", "a red circle",
+               "blurry, low quality", "a watercolor of a harbor"]
+    psnrs = []
+    for p in (ref, pipe):
+        p.set_progress_bar_config(disable=True)
+    for i, prompt in enumerate(prompts):
+        a = ref(prompt, num_inference_steps=8, seed=i, height=64, width=64,
+                output_type="np").images
+        b = pipe(prompt, num_inference_steps=8, seed=i, height=64, width=64,
+                 output_type="np").images
+        mse = float(np.mean((a - b) ** 2))
+        psnrs.append(10 * np.log10(1.0 / mse) if mse > 0 else float("inf"))
+    return {"psnr": psnrs}
+
+
+def accuracy(args: argparse.Namespace) -> dict[str, Any]:
+    from snapfusion.convert import convert
+
+    golden = Path(args.golden)
+    if not (golden / "sd_tiny").is_dir():
+        print(f"accuracy: no golden sd_tiny under {golden}; skipped")
+        return {}
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="sf_quant_acc_") as tmp:
+        fp16 = convert(golden / "sd_tiny", Path(tmp) / "fp16", weights="fp16", progress=False)
+        int8 = convert(golden / "sd_tiny", Path(tmp) / "int8", weights="int8",
+                       calibration_size=(64, 64), progress=False)
+        print("accuracy on the golden random-weight sd_tiny (8 steps, 64x64, CFG 7.5; PSNR of "
+              "the image vs fp32)")
+        for variant, model in (("fp16", fp16), ("int8_own", int8), ("int8_xnnpack", int8)):
+            env = dict(os.environ)
+            env["SNAPFUSION_INT8"] = "xnnpack" if variant == "int8_xnnpack" else "vnni"
+            cmd = [sys.executable, __file__, "--accuracy-worker", "--model", str(model),
+                   "--golden", str(golden), "--threads", str(args.threads)]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO,
+                                 check=False)
+            if out.returncode != 0:
+                raise RuntimeError(f"accuracy {variant} failed:\n{out.stderr[-3000:]}")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            results[f"accuracy_sd_tiny_{variant}"] = {"psnr_db": r["psnr"],
+                                                      "psnr_min_db": min(r["psnr"])}
+            print(f"  {variant:14s} PSNR dB: " + ", ".join(f"{p:.1f}" for p in r["psnr"]))
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--sizes", default="256,512")
+    p.add_argument("--parts", default="kernels,models,accuracy")
+    p.add_argument("--cache", default="/tmp/snapfusion-bench-sd15")
+    p.add_argument("--qcache", default=None, help="converted copies (default: CACHE-quant)")
+    p.add_argument("--golden", default=str(REPO.parent / "shared" / "golden"))
+    p.add_argument("--json", default=None)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--accuracy-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--variant", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--component", default="unet", help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, default=512, help=argparse.SUPPRESS)
+    p.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--rss", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.qcache is None:
+        args.qcache = args.cache.rstrip("/") + "-quant"
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+    if args.accuracy_worker:
+        print(json.dumps(accuracy_worker(args)))
+        return 0
+    parts = set(args.parts.split(","))
+    fma_peak, method = measure_peak_gflops(args.threads)
+    peak = VnniPeak(args.threads)
+    for _ in range(3):
+        peak.trial(0.4)
+    print(f"threads {args.threads}; fp32 FMA peak {fma_peak:.0f} GFLOP/s ({method}); int8 VNNI "
+          f"peak {peak.best or float('nan'):.0f} GOP/s (best of the trials so far)")
+    results: dict[str, Any] = {}
+    if "kernels" in parts:
+        results.update(kernels(args.threads, args.repeat, peak))
+    if "models" in parts:
+        results.update(models(args, peak.best or None))
+    if "accuracy" in parts:
+        results.update(accuracy(args))
+    if args.json:
+        info = machine_info(args.threads, fma_peak, method)
+        info["vnni_peak_gops"] = peak.best or None
+        Path(args.json).write_text(json.dumps({**results, "_machine": info}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
