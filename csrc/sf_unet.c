@@ -35,6 +35,10 @@ const sf_unet_config *sf_unet_get_config(const sf_unet *u) {
     return u ? &u->cfg : NULL;
 }
 
+size_t sf_unet_arena_bytes(const sf_unet *u) {
+    return u ? sf_arena_high_water(u->arena) : 0;
+}
+
 void sf_unet_set_hook(sf_unet *u, sf_tensor_hook hook, void *user) {
     if (!u)
         return;

@@ -410,6 +410,8 @@ typedef struct sf_unet sf_unet;
 sf_status sf_unet_create(const sf_unet_config *cfg, sf_weights *w, int strict, sf_unet **out);
 void sf_unet_destroy(sf_unet *u);
 const sf_unet_config *sf_unet_get_config(const sf_unet *u);
+/* Bytes of the activation arena (the largest pass so far). */
+size_t sf_unet_arena_bytes(const sf_unet *u);
 
 /* Debug hook: called with a name ("conv_in", "down_block_0", "mid_block", "up_block_1", ...)
  * and the activation (batch, h, w, c) after each stage. NULL disables. */

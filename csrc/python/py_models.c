@@ -235,7 +235,13 @@ static PyObject *unet_get_config(PyUNet *self, void *closure) {
                          c->has_mid_block ? Py_True : Py_False);
 }
 
+static PyObject *unet_get_arena(PyUNet *self, void *closure) {
+    (void)closure;
+    return PyLong_FromSize_t(self->unet ? sf_unet_arena_bytes(self->unet) : 0);
+}
+
 static PyGetSetDef unet_getset[] = {
+    {"arena_bytes", (getter)unet_get_arena, NULL, "Bytes of the activation arena.", NULL},
     {"config", (getter)unet_get_config, NULL, "A summary of the parsed configuration.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
