@@ -260,7 +260,7 @@ sf_status sf_vae_decode(sf_vae *v, const float *z, size_t batch, size_t h, size_
     const sf_vae_config *c = &v->cfg;
     size_t nb = c->n_blocks, L = c->latent_channels, ch = c->decoder_block_out_channels[nb - 1];
     sf_arena *a = v->arena;
-    float *zq = NULL, *x = NULL, *y = NULL;
+    float *zq = NULL, *x = NULL;
     if (sf_any_nan(z, batch * h * w * L)) {
         size_t oh, ow;
         sf_vae_decoded_size(v, h, w, &oh, &ow);
@@ -273,34 +273,57 @@ sf_status sf_vae_decode(sf_vae *v, const float *z, size_t batch, size_t h, size_
         SF_CHECK(sf_conv_layer_run(v->post_quant_conv, z, batch, h, w, zq));
         z = zq;
     }
-    SF_CHECK(act(a, batch, h, w, ch, &x));
+    /* two ping-pong buffers of the largest activation: each layer reads one and writes the
+     * other, so the decoder's memory is two activations plus one layer's scratch */
+    size_t most = h * w * ch, hh = h, ww = w, cc = ch;
+    for (size_t i = 0; i < nb; i++) {
+        size_t oc = c->decoder_block_out_channels[nb - 1 - i];
+        size_t wide = cc > oc ? cc : oc;
+        if (hh * ww * wide > most)
+            most = hh * ww * wide;
+        cc = oc;
+        if (v->dec[i].resample) {
+            hh *= 2;
+            ww *= 2;
+            if (hh * ww * cc > most)
+                most = hh * ww * cc;
+        }
+    }
+    float *buf[2] = {NULL, NULL};
+    SF_CHECK(act(a, batch, 1, 1, most, &buf[0]));
+    SF_CHECK(act(a, batch, 1, 1, most, &buf[1]));
+    int cur = 0;
+    x = buf[cur];
     SF_CHECK(sf_conv_layer_run(v->dec_conv_in, z, batch, h, w, x));
     if (v->hook)
         v->hook(v->hook_user, "dec_conv_in", x, batch, h, w, ch);
-    SF_CHECK(mid_run(v, &v->dec_mid, x, batch, h, w, ch, &y));
+    {
+        sf_vae_mid *m = &v->dec_mid;
+        SF_CHECK(sf_resnet_run(&m->res0, a, buf[cur], batch, h, w, NULL, buf[!cur]));
+        cur = !cur;
+        if (m->has_attn)
+            SF_CHECK(sf_vae_attn_run(&m->attn, a, buf[cur], batch, h, w));
+        SF_CHECK(sf_resnet_run(&m->res1, a, buf[cur], batch, h, w, NULL, buf[!cur]));
+        cur = !cur;
+    }
     if (v->hook)
-        v->hook(v->hook_user, "dec_mid_block", y, batch, h, w, ch);
-    x = y;
+        v->hook(v->hook_user, "dec_mid_block", buf[cur], batch, h, w, ch);
     for (size_t i = 0; i < nb; i++) {
         sf_vae_stage *s = &v->dec[i];
         size_t oc = c->decoder_block_out_channels[nb - 1 - i];
         for (size_t j = 0; j < s->n_res; j++) {
-            SF_CHECK(act(a, batch, h, w, oc, &y));
-            SF_CHECK(sf_resnet_run(&s->res[j], a, x, batch, h, w, NULL, y));
-            x = y;
+            SF_CHECK(sf_resnet_run(&s->res[j], a, buf[cur], batch, h, w, NULL, buf[!cur]));
+            cur = !cur;
             ch = oc;
         }
         if (s->resample) {
-            float *up = NULL;
-            SF_CHECK(act(a, batch, 2 * h, 2 * w, ch, &up));
-            SF_CHECK(sf_upsample_nearest2x(x, batch, h, w, ch, up));
+            SF_CHECK(sf_upsample_nearest2x(buf[cur], batch, h, w, ch, buf[!cur]));
             h *= 2;
             w *= 2;
-            SF_CHECK(act(a, batch, h, w, ch, &y));
-            SF_CHECK(sf_conv_layer_run(s->resample, up, batch, h, w, y));
-            x = y;
+            SF_CHECK(sf_conv_layer_run(s->resample, buf[!cur], batch, h, w, buf[cur]));
         }
     }
+    x = buf[cur];
     SF_CHECK(sf_gn_layer_run(&v->dec_norm_out, x, batch, h * w, 1, x));
     SF_CHECK(sf_conv_layer_run(v->dec_conv_out, x, batch, h, w, img));
 fail:
