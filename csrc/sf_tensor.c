@@ -221,11 +221,31 @@ sf_status sf_arena_alloc(sf_arena *a, size_t bytes, void **out) {
     if (!sf_add_ok(bytes, SF_EXTRA_BYTES + SF_ALIGN - 1, &need))
         return sf_error(SF_ERR_OOM, "sf_arena_alloc: size %zu overflows", bytes);
     need &= ~(size_t)(SF_ALIGN - 1);
-    sf_chunk *last = a->head;
-    while (last && last->next)
+    sf_chunk *last = a->head, *prev = NULL;
+    size_t total = 0;
+    while (last && last->next) {
+        total += last->size;
+        prev = last;
         last = last->next;
+    }
+    if (last && last->used == 0 && last->size < need) {
+        /* an empty chunk too small for this request (left by a release): replace it rather
+         * than stack another chunk after it */
+        sf_aligned_free(last->data);
+        free(last);
+        if (prev)
+            prev->next = NULL;
+        else
+            a->head = NULL;
+        last = prev;
+    } else if (last) {
+        total += last->size;
+    }
     if (!last || last->size - last->used < need) {
+        /* grow geometrically so that a first pass wastes at most about as much as it uses */
         size_t size = need > ((size_t)1 << 20) ? need : ((size_t)1 << 20);
+        if (size < total)
+            size = total;
         sf_chunk *c = NULL;
         sf_status st = sf_new_chunk(a, size, &c);
         if (st != SF_OK)
