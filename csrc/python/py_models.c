@@ -94,6 +94,62 @@ static int acquire(int *busy) {
     return 0;
 }
 
+/* The shared part of the three models' __init__: parse the arguments, parse the config text,
+ * open the weights, build the model (GIL released), close the weights (they are packed: the
+ * file is unmapped). Returns 0, or -1 with an exception set. */
+typedef enum { MODEL_UNET, MODEL_VAE, MODEL_CLIP } model_kind;
+
+static int model_init(model_kind kind, const char *type_name, void **handle, PyObject *args,
+                      PyObject *kwds) {
+    const char *config, *prefix;
+    Py_ssize_t clen;
+    PyObject *path = NULL, *renames;
+    int strict, enc = 1, dec = 1;
+    if (*handle) {
+        PyErr_Format(PyExc_RuntimeError, "%s is already initialized", type_name);
+        return -1;
+    }
+    if (parse_common(args, kwds, &config, &clen, &path, &prefix, &renames, &strict, &enc,
+                     &dec) < 0)
+        return -1;
+    union {
+        sf_unet_config unet;
+        sf_vae_config vae;
+        sf_clip_config clip;
+    } cfg;
+    sf_status st = kind == MODEL_UNET  ? sf_unet_config_from_json(config, (size_t)clen, &cfg.unet)
+                   : kind == MODEL_VAE ? sf_vae_config_from_json(config, (size_t)clen, &cfg.vae)
+                                       : sf_clip_config_from_json(config, (size_t)clen, &cfg.clip);
+    if (st != SF_OK) {
+        Py_DECREF(path);
+        sf_py_raise(st);
+        return -1;
+    }
+    sf_weights *w = NULL;
+    int rc = open_weights(PyBytes_AS_STRING(path), prefix, renames, &w);
+    Py_DECREF(path);
+    if (rc < 0)
+        return -1;
+    sf_unet *u = NULL;
+    sf_vae *v = NULL;
+    sf_clip *c = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == MODEL_UNET)
+        st = sf_unet_create(&cfg.unet, w, strict, &u);
+    else if (kind == MODEL_VAE)
+        st = sf_vae_create(&cfg.vae, w, enc, dec, strict, &v);
+    else
+        st = sf_clip_create(&cfg.clip, w, strict, &c);
+    Py_END_ALLOW_THREADS
+    sf_weights_close(w);
+    if (st != SF_OK) {
+        sf_py_raise(st);
+        return -1;
+    }
+    *handle = kind == MODEL_UNET ? (void *)u : kind == MODEL_VAE ? (void *)v : (void *)c;
+    return 0;
+}
+
 /* ================================ UNet ================================ */
 
 typedef struct {
@@ -103,38 +159,10 @@ typedef struct {
 } PyUNet;
 
 static int unet_init(PyUNet *self, PyObject *args, PyObject *kwds) {
-    const char *config, *prefix;
-    Py_ssize_t clen;
-    PyObject *path = NULL, *renames;
-    int strict, enc = 0, dec = 0;
-    if (self->unet) {
-        PyErr_SetString(PyExc_RuntimeError, "UNet is already initialized");
-        return -1;
-    }
-    if (parse_common(args, kwds, &config, &clen, &path, &prefix, &renames, &strict, &enc,
-                     &dec) < 0)
-        return -1;
-    sf_unet_config cfg;
-    sf_weights *w = NULL;
-    sf_status st = sf_unet_config_from_json(config, (size_t)clen, &cfg);
-    if (st != SF_OK) {
-        Py_DECREF(path);
-        sf_py_raise(st);
-        return -1;
-    }
-    int rc = open_weights(PyBytes_AS_STRING(path), prefix, renames, &w);
-    Py_DECREF(path);
-    if (rc < 0)
-        return -1;
-    Py_BEGIN_ALLOW_THREADS
-    st = sf_unet_create(&cfg, w, strict, &self->unet);
-    Py_END_ALLOW_THREADS
-    sf_weights_close(w); /* weights are packed: the file is unmapped */
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        return -1;
-    }
-    return 0;
+    void *h = self->unet;
+    int rc = model_init(MODEL_UNET, "UNet", &h, args, kwds);
+    self->unet = h;
+    return rc;
 }
 
 static void unet_dealloc(PyUNet *self) {
@@ -272,38 +300,10 @@ typedef struct {
 } PyVAE;
 
 static int vae_init(PyVAE *self, PyObject *args, PyObject *kwds) {
-    const char *config, *prefix;
-    Py_ssize_t clen;
-    PyObject *path = NULL, *renames;
-    int strict, enc = 1, dec = 1;
-    if (self->vae) {
-        PyErr_SetString(PyExc_RuntimeError, "VAE is already initialized");
-        return -1;
-    }
-    if (parse_common(args, kwds, &config, &clen, &path, &prefix, &renames, &strict, &enc,
-                     &dec) < 0)
-        return -1;
-    sf_vae_config cfg;
-    sf_weights *w = NULL;
-    sf_status st = sf_vae_config_from_json(config, (size_t)clen, &cfg);
-    if (st != SF_OK) {
-        Py_DECREF(path);
-        sf_py_raise(st);
-        return -1;
-    }
-    int rc = open_weights(PyBytes_AS_STRING(path), prefix, renames, &w);
-    Py_DECREF(path);
-    if (rc < 0)
-        return -1;
-    Py_BEGIN_ALLOW_THREADS
-    st = sf_vae_create(&cfg, w, enc, dec, strict, &self->vae);
-    Py_END_ALLOW_THREADS
-    sf_weights_close(w);
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        return -1;
-    }
-    return 0;
+    void *h = self->vae;
+    int rc = model_init(MODEL_VAE, "VAE", &h, args, kwds);
+    self->vae = h;
+    return rc;
 }
 
 static void vae_dealloc(PyVAE *self) {
@@ -493,38 +493,10 @@ typedef struct {
 } PyClip;
 
 static int clip_init(PyClip *self, PyObject *args, PyObject *kwds) {
-    const char *config, *prefix;
-    Py_ssize_t clen;
-    PyObject *path = NULL, *renames;
-    int strict, enc = 0, dec = 0;
-    if (self->clip) {
-        PyErr_SetString(PyExc_RuntimeError, "TextEncoder is already initialized");
-        return -1;
-    }
-    if (parse_common(args, kwds, &config, &clen, &path, &prefix, &renames, &strict, &enc,
-                     &dec) < 0)
-        return -1;
-    sf_clip_config cfg;
-    sf_weights *w = NULL;
-    sf_status st = sf_clip_config_from_json(config, (size_t)clen, &cfg);
-    if (st != SF_OK) {
-        Py_DECREF(path);
-        sf_py_raise(st);
-        return -1;
-    }
-    int rc = open_weights(PyBytes_AS_STRING(path), prefix, renames, &w);
-    Py_DECREF(path);
-    if (rc < 0)
-        return -1;
-    Py_BEGIN_ALLOW_THREADS
-    st = sf_clip_create(&cfg, w, strict, &self->clip);
-    Py_END_ALLOW_THREADS
-    sf_weights_close(w);
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        return -1;
-    }
-    return 0;
+    void *h = self->clip;
+    int rc = model_init(MODEL_CLIP, "TextEncoder", &h, args, kwds);
+    self->clip = h;
+    return rc;
 }
 
 static void clip_dealloc(PyClip *self) {
