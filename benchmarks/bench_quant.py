@@ -22,9 +22,13 @@ Three parts:
    would carry the parent's peak over fork + exec); the RSS right after loading is reported
    too. Reported: median seconds, speed-up over fp32, GOP/s (MACs counted by the engine x 2 /
    time) and fraction of the VNNI peak, peak RSS, size on disk of the component folder.
-3. Accuracy: the default model is still training, so image quality is measured on the golden
-   random-weight sd_tiny pipeline: PSNR of the fp16 and int8 (calibrated) images against
-   fp32, same prompts and seeds. A trained model's figures are for later.
+3. Accuracy, on the trained default model (``snapfusion/models/``; its weights are stored in
+   float16 and computed in float32, so that is the reference): bf16 and int8 copies
+   (calibrated on 32 world prompts of the training distribution) generate images for
+   ``--accuracy-n`` held-out prompts with the same seeds; reported: image PSNR against the
+   reference (mean and minimum over the images), and the world CLIP score, world-FID and
+   attribute accuracy of every variant (the shipped world CLIP and checker). Also, on the
+   golden random-weight sd_tiny pipeline: PSNR of fp16 and int8 images against fp32.
 
 Usage::
 
@@ -387,6 +391,83 @@ def accuracy_worker(args: argparse.Namespace) -> dict[str, Any]:
     return {"psnr": psnrs}
 
 
+def default_accuracy_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Images of the held-out prompts from one variant of the default model, saved to ``args.out``."""
+    import numpy as np
+
+    from snapfusion import _engine
+    from snapfusion.data import eval_prompts
+    from snapfusion.pipeline import Pipeline
+
+    _engine.set_num_threads(args.threads)
+    pipe = Pipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    prompts, _ = eval_prompts(args.accuracy_n, seed=77, split="heldout")
+    t0 = time.perf_counter()
+    images = []
+    for i in range(0, len(prompts), 16):
+        out = pipe(prompts[i:i + 16], seed=i, output_type="np").images
+        images.append((np.asarray(out) * 255).round().clip(0, 255).astype(np.uint8))
+    np.save(args.out, np.concatenate(images))
+    return {"seconds": time.perf_counter() - t0}
+
+
+def default_accuracy(args: argparse.Namespace) -> dict[str, Any]:
+    """bf16 and int8 copies of the default model against the shipped one (module docstring)."""
+    import numpy as np
+
+    from snapfusion.convert import convert
+    from snapfusion.data import eval_prompts
+    from snapfusion.pipeline import default_model_path
+
+    try:
+        model = default_model_path()
+        from snapfusion.train.evaluate import default_world_evaluator
+
+        ev = default_world_evaluator(n_prompts=args.accuracy_n, seed=77, split="heldout", ref_images=2048)
+    except OSError as exc:
+        print(f"accuracy on the default model: {exc}; skipped")
+        return {}
+    prompts = ev.prompts
+    assert prompts == eval_prompts(args.accuracy_n, seed=77, split="heldout")[0]
+    cal_prompts, _ = eval_prompts(32, seed=5, split="eval")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="sf_quant_default_") as tmp:
+        folders = {"fp16_shipped": model,
+                   "bf16": convert(model, Path(tmp) / "bf16", weights="bf16", progress=False),
+                   "int8": convert(model, Path(tmp) / "int8", weights="int8", calibrate=cal_prompts,
+                                   progress=False)}
+        images: dict[str, Any] = {}
+        for variant, folder in (("fp16_shipped", folders["fp16_shipped"]), ("bf16", folders["bf16"]),
+                                ("int8_own", folders["int8"]), ("int8_xnnpack", folders["int8"])):
+            env = dict(os.environ)
+            env["SNAPFUSION_INT8"] = "xnnpack" if variant == "int8_xnnpack" else "vnni"
+            path = Path(tmp) / f"{variant}.npy"
+            cmd = [sys.executable, __file__, "--default-accuracy-worker", "--model", str(folder),
+                   "--out", str(path), "--accuracy-n", str(args.accuracy_n), "--threads", str(args.threads)]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, check=False)
+            if out.returncode != 0:
+                raise RuntimeError(f"default-model accuracy {variant} failed:\n{out.stderr[-3000:]}")
+            images[variant] = np.load(path)
+        ref = images["fp16_shipped"].astype(np.float64) / 255.0
+        print(f"accuracy on the default model ({len(prompts)} held-out prompts, its recommended steps and "
+              f"guidance; PSNR of each image vs the shipped fp16-stored model computed in fp32)")
+        print(f"  {'variant':14s} {'PSNR mean':>10s} {'PSNR min':>9s} {'CLIP':>7s} {'FID':>8s} {'accuracy':>9s}")
+        for variant, imgs in images.items():
+            mse = ((imgs.astype(np.float64) / 255.0 - ref) ** 2).reshape(len(imgs), -1).mean(1)
+            psnr = np.where(mse > 0, 10 * np.log10(1.0 / np.maximum(mse, 1e-30)), np.inf)
+            m = ev.evaluate(imgs, prompts, accuracy=True)
+            finite = psnr[np.isfinite(psnr)]
+            row = {"psnr_mean_db": float(finite.mean()) if finite.size else float("inf"),
+                   "psnr_min_db": float(psnr.min()), "identical_images": int((~np.isfinite(psnr)).sum()),
+                   "clip_score": m["clip_score"], "fid": m["fid"], "accuracy": m["accuracy"],
+                   "size_mb": _folder_size(folders["int8" if variant.startswith("int8") else variant])}
+            results[f"accuracy_default_{variant}"] = row
+            print(f"  {variant:14s} {row['psnr_mean_db']:10.1f} {row['psnr_min_db']:9.1f} {row['clip_score']:7.2f} "
+                  f"{row['fid']:8.4f} {100 * row['accuracy']:8.1f}%  ({row['size_mb']:.1f} MB)")
+    return results
+
+
 def accuracy(args: argparse.Namespace) -> dict[str, Any]:
     from snapfusion.convert import convert
 
@@ -429,6 +510,9 @@ def main() -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--accuracy-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--default-accuracy-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--accuracy-n", type=int, default=256, help="held-out prompts of the default-model accuracy")
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--variant", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--component", default="unet", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=512, help=argparse.SUPPRESS)
@@ -443,6 +527,9 @@ def main() -> int:
     if args.accuracy_worker:
         print(json.dumps(accuracy_worker(args)))
         return 0
+    if args.default_accuracy_worker:
+        print(json.dumps(default_accuracy_worker(args)))
+        return 0
     parts = set(args.parts.split(","))
     fma_peak, method = measure_peak_gflops(args.threads)
     peak = VnniPeak(args.threads)
@@ -456,6 +543,7 @@ def main() -> int:
     if "models" in parts:
         results.update(models(args, peak.best or None))
     if "accuracy" in parts:
+        results.update(default_accuracy(args))
         results.update(accuracy(args))
     if args.json:
         info = machine_info(args.threads, fma_peak, method)

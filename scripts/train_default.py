@@ -81,15 +81,40 @@ PROFILES: dict[str, dict[str, Any]] = {
         "scale_images": 128,
         "log_every": 5,
     },
+    # a real run on 2 CPU cores (budget >= 60 min): batches sized for throughput, a pool large
+    # enough not to be memorised, the teacher given the largest share
+    "cpu-long": {
+        "pool_per_minute": 400, "pool_min": 8192, "pool_max": 32768,
+        "shares": {"clip": 0.06, "vae": 0.10, "teacher": 0.50, "robust": 0.05, "evolve": 0.09, "distill": 0.14,
+                   "decoder": 0.06},
+        "export_reserve": 240.0,
+        "clip": {"batch_size": 128, "lr": 1e-3, "warmup_steps": 50, "weight_decay": 0.05, "ema_decay": 0.0},
+        "vae": {"batch_size": 32, "lr": 8e-4, "warmup_steps": 50, "ema_decay": 0.995, "weight_decay": 0.0},
+        "teacher": {"batch_size": 64, "lr": 8e-4, "warmup_steps": 100, "ema_decay": 0.998},
+        "robust": {"batch_size": 64, "lr": 1e-4, "warmup_steps": 20, "ema_decay": 0.995},
+        "evolve": {"batch_size": 32, "lr": 5e-5, "warmup_steps": 2},
+        "evolve_opts": {"finetune_steps": 15, "eval_prompts": 32, "eval_steps": 8, "ref_images": 256,
+                        "max_candidates": 8},
+        "distill": {"batch_size": 32, "lr": 1e-4, "warmup_steps": 20, "ema_decay": 0.995},
+        "decoder": {"batch_size": 32, "lr": 5e-4, "warmup_steps": 20, "ema_decay": 0.995},
+        "decoder_opts": {"n_latents": 1024, "gen_batch": 128, "gen_steps": 8},
+        "eval": {"prompts": 64, "ref_images": 512, "guidances": [1.0, 2.0, 3.0, 4.0, 6.0], "teacher_steps": 16,
+                 "teacher_eval_steps": 8, "pipeline_images": 8},
+        "scale_images": 1024,
+        "log_every": 20,
+    },
 }
 
 
 class Run:
     """Stage bookkeeping: plan (budgets), times, done markers."""
 
-    def __init__(self, out: Path, budget_minutes: float, device: str) -> None:
+    def __init__(self, out: Path, budget_minutes: float, device: str, shares: dict[str, float] | None = None,
+                 export_reserve: float | None = None) -> None:
         self.out = out
         self.device = device
+        self.shares = dict(shares or SHARES)
+        self.export_reserve = EXPORT_RESERVE[device] if export_reserve is None else float(export_reserve)
         self.budget_s = 60.0 * budget_minutes
         out.mkdir(parents=True, exist_ok=True)
         self.times_path = out / "times.json"
@@ -114,9 +139,9 @@ class Run:
         """Seconds allotted to ``stage`` (decided when it first starts)."""
         if stage in self.plan:
             return float(self.plan[stage])
-        rest = [s for s in SHARES if s in STAGES[STAGES.index(stage):]]
-        share = SHARES.get(stage, 0.0) / max(1e-9, sum(SHARES[s] for s in rest))
-        left = max(0.0, self.budget_s - self.elapsed() - EXPORT_RESERVE[self.device])
+        rest = [s for s in self.shares if s in STAGES[STAGES.index(stage):]]
+        share = self.shares.get(stage, 0.0) / max(1e-9, sum(self.shares[s] for s in rest))
+        left = max(0.0, self.budget_s - self.elapsed() - self.export_reserve)
         budget = max(5.0 if self.device == "cpu" else 10.0, share * left)
         self.plan[stage] = budget
         _write_json(self.plan_path, self.plan)
@@ -128,7 +153,7 @@ class Run:
         if summary is not None:
             print(f"[{stage}] done already, skipped", flush=True)
             return summary
-        budget = self.stage_budget(stage) if stage in SHARES else 0.0
+        budget = self.stage_budget(stage) if stage in self.shares else 0.0
         print(f"[{stage}] start (budget {budget:.0f} s, run elapsed {self.elapsed():.0f} s "
               f"of {self.budget_s:.0f} s)", flush=True)
         t0 = time.perf_counter()
@@ -177,11 +202,61 @@ def _train_cfg(profile: dict[str, Any], name: str, seconds: float, seed: int, ov
     return cfg
 
 
+#: Where the package keeps its embedded models.
+MODELS_DIR = Path(__file__).resolve().parents[1] / "snapfusion" / "models"
+DEFAULT_NAME = "world-v1"
+
+
+def ship(model: Path, clip: Path, models_dir: Path = MODELS_DIR, name: str = DEFAULT_NAME) -> None:
+    """Install a trained run as the package's embedded default: the exported pipeline folder as
+    ``models_dir/name`` and the world CLIP (the world's evaluator, float16) as
+    ``models_dir/world_clip``. Existing copies are replaced only after the new ones are complete."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    def replace(tmp: Path, dst: Path) -> None:
+        old = dst.with_name(dst.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if dst.exists():
+            dst.rename(old)
+        tmp.rename(dst)
+        if old.exists():
+            shutil.rmtree(old)
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    for stale in models_dir.iterdir():  # one default model at a time
+        if stale.is_dir() and (stale / "model_index.json").is_file() and stale.name != name:
+            shutil.rmtree(stale)
+    tmp = models_dir / (name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(model, tmp)
+    replace(tmp, models_dir / name)
+
+    tmp = models_dir / "world_clip.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(clip / "text_encoder", tmp / "text_encoder")
+    shutil.copyfile(clip / "world_clip.json", tmp / "world_clip.json")
+    state = load_file(str(clip / "world_clip.safetensors"))
+    save_file({k: v.half().contiguous() if v.is_floating_point() else v for k, v in state.items()},
+              str(tmp / "world_clip.safetensors"))
+    for f in (tmp / "text_encoder").glob("*.safetensors"):
+        st = load_file(str(f))
+        save_file({k: v.half().contiguous() if v.is_floating_point() else v for k, v in st.items()}, str(f))
+    replace(tmp, models_dir / "world_clip")
+    print(f"shipped {model} -> {models_dir / name} and the world CLIP -> {models_dir / 'world_clip'}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     p.add_argument("--out", required=True, help="run folder (re-run the same command to resume)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--budget-minutes", type=float, required=True, help="wall-time target of the whole run")
+    p.add_argument("--profile", default="auto", choices=("auto", *PROFILES),
+                   help="batch sizes and shares (auto: the device's; cpu-long for CPU budgets >= 60 min)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--pool-size", type=int, default=None, help="world images drawn up front (default: scaled)")
@@ -190,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--measure-latency", action="store_true", help="measure the table with the engine")
     p.add_argument("--latency-budget", type=float, default=0.5, help="evolved UNet latency / teacher's")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--ship", action="store_true",
+                   help="at the end, copy the model into snapfusion/models/ (the package's default) and the "
+                        "world CLIP evaluator (fp16) into snapfusion/models/world_clip/")
     args = p.parse_args(argv)
     if not args.budget_minutes > 0:
         p.error("--budget-minutes must be positive")
@@ -210,12 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     env = setup_env(args.device)
     if env.distributed:
         p.error("the one-shot script runs on one device; use the recipes under torchrun for DDP")
-    prof = PROFILES[args.device]
+    profile = args.profile
+    if profile == "auto":
+        profile = "cpu-long" if args.device == "cpu" and args.budget_minutes >= 60 else args.device
+    prof = PROFILES[profile]
     out = Path(args.out).resolve()
-    run = Run(out, args.budget_minutes, args.device)
+    run = Run(out, args.budget_minutes, args.device, prof.get("shares"), prof.get("export_reserve"))
     progress = not args.no_progress
     seed = args.seed
-    overhead = OVERHEAD[args.device]
+    overhead = OVERHEAD[args.device] * (4 if profile == "cpu-long" else 1)
     log_every = int(prof["log_every"])
     workers = args.workers if args.workers is not None else max(1, min(16, (os.cpu_count() or 2)))
     pool_size = args.pool_size or int(min(prof["pool_max"], max(prof["pool_min"],
@@ -234,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         "small_vae": str(out / "decoder" / "vae"),
         "model": str(out / "model"),
     }
-    print(f"snapfusion one-shot training: device={args.device} budget={args.budget_minutes} min "
+    print(f"snapfusion one-shot training: device={args.device} profile={profile} budget={args.budget_minutes} min "
           f"pool={pool_size} out={out}", flush=True)
 
     # ---- tokenizer (first: the pool workers tokenize with it) ----------------------------
@@ -436,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     run.run_stage("distill", st_distill)
     run.run_stage("decoder", st_decoder)
     final = run.run_stage("export", st_export)
+    if args.ship:
+        ship(Path(paths["model"]), Path(paths["clip"]))
     print(json.dumps({"session_seconds": round(time.perf_counter() - t_all, 1),
                       "run_seconds": round(run.elapsed(), 1),
                       "stages": {k: round(v["seconds"], 1) for k, v in run.times["stages"].items()},

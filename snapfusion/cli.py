@@ -34,14 +34,23 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model, threads=args.threads, scheduler=args.scheduler)
+    # unset: the model's recommendation (snapfusion_model.json), else 25 steps and 7.5
+    if args.steps is None:
+        args.steps = int(pipe.recommended.get("num_inference_steps", 25))
+    if args.guidance is None:
+        args.guidance = float(pipe.recommended.get("guidance_scale", 7.5))
     width, height = args.size if args.size else (None, None)
     out = pipe(args.prompt, negative_prompt=args.negative, num_inference_steps=args.steps,
                guidance_scale=args.guidance, height=height, width=width, seed=args.seed)
     image = out.images[0]
+    if args.upscale > 1:  # for viewing small models' pictures; nearest keeps the pixels exact
+        from PIL import Image
+
+        image = image.resize((image.size[0] * args.upscale, image.size[1] * args.upscale), Image.NEAREST)
     params = {
         "prompt": args.prompt, "negative_prompt": args.negative, "steps": args.steps,
         "guidance_scale": args.guidance, "seed": args.seed, "size": list(image.size),
-        "scheduler": type(pipe.scheduler).__name__, "model": pipe.name,
+        "scheduler": type(pipe.scheduler).__name__, "model": pipe.name, "upscale": args.upscale,
     }
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", json.dumps(params))
@@ -186,12 +195,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--model", default=None, help="model folder or file (default: embedded)")
     g.add_argument("-o", "--output", default="out.png", help="PNG to write")
     g.add_argument("--negative", default=None, help="negative prompt")
-    g.add_argument("--steps", type=_positive, default=None, help="denoising steps")
-    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    g.add_argument("--steps", type=_positive, default=None,
+                   help="denoising steps (default: the model's recommendation, else 25)")
+    g.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's recommendation, else 7.5)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--size", type=_size, default=None, help="WxH, e.g. 512x512")
     g.add_argument("--scheduler", default=None, help="scheduler class name")
     g.add_argument("--threads", type=_positive, default=None)
+    g.add_argument("--upscale", type=_positive, default=1,
+                   help="enlarge the written PNG N times (nearest neighbour), e.g. 4 for 64x64 models")
 
     i = sub.add_parser("info", help="components, parameter counts and MACs of a model")
     i.add_argument("model", nargs="?", default=None)
@@ -273,10 +286,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
-            if args.steps is None:
-                args.steps = 8 if args.model is None else 25
-            if args.guidance is None:
-                args.guidance = 7.5
             return _cmd_generate(args)
         if args.command == "info":
             return _cmd_info(args)

@@ -100,6 +100,9 @@ class Pipeline:
         self.vae = vae
         self.scheduler = scheduler
         self.name = name
+        #: settings the model's trainer recommends (``snapfusion_model.json``): used for the
+        #: arguments of ``__call__`` left as None
+        self.recommended: dict[str, Any] = {}
         self.progress_bar = True
         vae_blocks = len(vae.config.get("block_out_channels", [64]))
         self.vae_scale_factor = 2 ** (vae_blocks - 1)
@@ -148,7 +151,9 @@ class Pipeline:
         unet = UNet(root / "unet")
         vae = AutoencoderKL(root / "vae", encoder=(root / "vae").is_dir())
         sched = scheduler_from_config(root / "scheduler", name=scheduler)
-        return cls(tok, enc, unet, vae, sched, name=str(root))
+        pipe = cls(tok, enc, unet, vae, sched, name=str(root))
+        pipe.recommended = _read_recommended(root / "snapfusion_model.json")
+        return pipe
 
     # ------------------------------------------------------------------ stages
     def encode_prompt(self, prompt: Sequence[str], negative_prompt: Sequence[str] | None,
@@ -185,8 +190,8 @@ class Pipeline:
         self,
         prompt: str | Sequence[str],
         negative_prompt: str | Sequence[str] | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         height: int | None = None,
         width: int | None = None,
         seed: int | None = None,
@@ -199,7 +204,9 @@ class Pipeline:
     ) -> PipelineOutput:
         """Generate images. Arguments as diffusers' ``StableDiffusionPipeline.__call__``.
 
-        ``guidance_scale <= 1`` skips the unconditional pass. ``seed`` (or an int
+        ``num_inference_steps`` / ``guidance_scale`` left as None take the model's recommended
+        values (``pipe.recommended``, e.g. 8 steps for the distilled default model), else
+        diffusers' 50 and 7.5. ``guidance_scale <= 1`` skips the unconditional pass. ``seed`` (or an int
         ``generator``) draws the initial noise with numpy's PCG64: the same seed gives the
         same image bit for bit at the same thread count; a ``torch.Generator`` draws it
         exactly as diffusers does. ``callback_on_step_end(step, timestep, latents)`` runs
@@ -213,6 +220,10 @@ class Pipeline:
             negs = negs * len(prompts)
         if negs is not None and len(negs) != len(prompts):
             raise ValueError(f"{len(negs)} negative prompts for {len(prompts)} prompts")
+        if num_inference_steps is None:
+            num_inference_steps = int(self.recommended.get("num_inference_steps", 50))
+        if guidance_scale is None:
+            guidance_scale = float(self.recommended.get("guidance_scale", 7.5))
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) \
                 or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive int, got "
@@ -332,6 +343,31 @@ class Pipeline:
             "scheduler": getattr(self.scheduler, "config", {}),
             "threads": _engine.get_num_threads(),
         }
+
+
+def _read_recommended(path: Path) -> dict[str, Any]:
+    """``num_inference_steps`` and ``guidance_scale`` from a model's ``snapfusion_model.json``
+    (absent file: none; a malformed one is an error naming the file)."""
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    out: dict[str, Any] = {}
+    steps = info.get("num_inference_steps")
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+            raise ValueError(f"{path}: num_inference_steps must be an int in [1, 1000], got {steps!r}")
+        out["num_inference_steps"] = steps
+    g = info.get("guidance_scale")
+    if g is not None:
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not np.isfinite(g):
+            raise ValueError(f"{path}: guidance_scale must be a finite number, got {g!r}")
+        out["guidance_scale"] = float(g)
+    return out
 
 
 def save_model_index(folder: PathLike, scheduler_class: str) -> None:

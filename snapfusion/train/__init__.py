@@ -22,6 +22,6 @@ See ``docs/training.md``.
 from __future__ import annotations
 
 RECIPES = ("tokenizer", "clip", "vae", "teacher", "robust", "evolve", "distill", "decoder", "export",
-           "latency")
+           "latency", "report")
 
 __all__ = ["RECIPES"]

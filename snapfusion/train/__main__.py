@@ -9,7 +9,7 @@ from . import RECIPES
 
 _MODULES = {"tokenizer": "tokenizer", "clip": "clip", "vae": "vae", "teacher": "teacher", "robust": "robust",
             "evolve": "evolution", "distill": "distill", "decoder": "decoder", "export": "export",
-            "latency": "latency"}
+            "latency": "latency", "report": "report"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import torch
 
 from .data import to_float_images
 
-__all__ = ["WorldEvaluator"]
+__all__ = ["WorldEvaluator", "packaged_world_clip", "default_world_evaluator"]
 
 
 class WorldEvaluator:
@@ -96,3 +96,34 @@ class WorldEvaluator:
             res["accuracy"] = float(acc["overall"])
             res.update({f"acc_{k}": float(v) for k, v in acc.items() if k not in ("overall", "n")})
         return res
+
+
+def packaged_world_clip() -> "Path":
+    """Folder of the world CLIP shipped with the package (``snapfusion/models/world_clip``).
+
+    Raises:
+        OSError: this install has none.
+    """
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "models" / "world_clip"
+    if not (folder / "world_clip.json").is_file():
+        raise FileNotFoundError(f"no world CLIP evaluator under {folder}")
+    return folder
+
+
+def default_world_evaluator(n_prompts: int = 256, seed: int = 0, split: str = "heldout", ref_images: int = 1024,
+                            device: str = "cpu") -> WorldEvaluator:
+    """A :class:`WorldEvaluator` from the shipped world CLIP and the default model's tokenizer.
+
+    Raises:
+        OSError: no shipped default model or world CLIP.
+    """
+    from snapfusion.pipeline import default_model_path
+    from snapfusion.tokenizer import CLIPTokenizer
+
+    from .clip import WorldCLIP
+
+    tok = CLIPTokenizer.from_pretrained(default_model_path() / "tokenizer")
+    return WorldEvaluator(WorldCLIP.load(packaged_world_clip()), tok, device, n_prompts=n_prompts, seed=seed,
+                          split=split, ref_images=ref_images)

@@ -59,3 +59,44 @@ def test_selfcheck_runs() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "self-check passed" in proc.stdout
     assert "ResNet block" in proc.stdout and "attention block" in proc.stdout
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_recommended_settings_and_upscale(golden_dir: Path, tmp_path: Path) -> None:
+    model = _copy_model(golden_dir / "sd_tiny", tmp_path / "m")
+    (model / "snapfusion_model.json").write_text(json.dumps({"num_inference_steps": 3, "guidance_scale": 2.0}))
+    pipe = Pipeline.from_pretrained(model, scheduler="DDIMScheduler")
+    assert pipe.recommended == {"num_inference_steps": 3, "guidance_scale": 2.0}
+    pipe.set_progress_bar_config(disable=True)
+    # None takes the recommendation: the same pixels as asking for it explicitly
+    a = pipe("a cat", seed=1, height=32, width=32, output_type="np")
+    b = pipe("a cat", num_inference_steps=3, guidance_scale=2.0, seed=1, height=32, width=32, output_type="np")
+    assert len(a.timings["unet"]) == 3
+    np.testing.assert_array_equal(a.images, b.images)
+    out = tmp_path / "cat.png"
+    assert main(["generate", "a cat", "--model", str(model), "-o", str(out), "--size", "32x32",
+                 "--threads", "1", "--scheduler", "DDIMScheduler", "--seed", "1", "--upscale", "3"]) == 0
+    img = Image.open(out)
+    params = json.loads(img.text["parameters"])
+    assert img.size == (96, 96) and params["steps"] == 3 and params["guidance_scale"] == 2.0
+    assert params["upscale"] == 3
+    small = (b.images[0] * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(img.convert("RGB"))[::3, ::3], small)
+    # without a recommendation: diffusers' defaults
+    plain = Pipeline.from_pretrained(golden_dir / "sd_tiny")
+    assert plain.recommended == {}
+
+
+@pytest.mark.parametrize("content", ["{", "[1]", '{"num_inference_steps": 0}', '{"num_inference_steps": 2.5}',
+                                     '{"guidance_scale": "high"}', '{"guidance_scale": NaN}'])
+def test_bad_recommended_settings(golden_dir: Path, tmp_path: Path, content: str) -> None:
+    model = _copy_model(golden_dir / "sd_tiny", tmp_path / "m")
+    (model / "snapfusion_model.json").write_text(content)
+    with pytest.raises(ValueError, match="snapfusion_model.json"):
+        Pipeline.from_pretrained(model)

@@ -509,3 +509,43 @@ def test_recipe_command_line(parts: dict[str, Any], tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "snapfusion.train", "clip", "--config", str(tmp_path / "bad.json")],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode != 0 and "typo" in r.stderr
+
+
+def test_world_report(parts: dict[str, Any], tmp_path: Path) -> None:
+    pytest.importorskip("snapfusion._engine")
+    from snapfusion.train.export import export_pipeline
+    from snapfusion.train.report import format_table, run_report
+
+    run = tmp_path / "run"
+    for link, target in (("tokenizer/tokenizer", parts["tok"]), ("clip", parts["clip"]), ("vae/vae", parts["vae"]),
+                         ("teacher/unet", parts["teacher"])):
+        (run / link).parent.mkdir(parents=True, exist_ok=True)
+        (run / link).symlink_to(target)
+    export_pipeline(run / "model", parts["tok"], parts["te"], parts["teacher"], parts["vae"],
+                    info={"num_inference_steps": 8, "guidance_scale": 3.0})
+    out = tmp_path / "report"
+    rep = run_report(run, out, n=6, guidance=(1.0, 3.0), ref_images=16, chunk=4, latency_repeats=1,
+                     threads=1, progress=False)
+    assert set(rep["results"]) == {"teacher_50", "student_8", "teacher_8"}
+    for rows in rep["results"].values():
+        assert set(rows) == {"1", "3"}
+        for m in rows.values():
+            assert math.isfinite(m["fid"]) and 0.0 <= m["accuracy"] <= 1.0 and m["clip_score"] >= 0.0
+    macs = rep["unet_macs_per_image"]
+    # the same UNet: MACs scale with steps x (2 with guidance)
+    assert macs["teacher_50_cfg"] == pytest.approx(macs["teacher_8_cfg"] * 50 / 8)
+    assert macs["teacher_8_cfg"] == pytest.approx(2 * macs["teacher_8_nocfg"])
+    for name in ("report.json", "fid_vs_clip.png", "accuracy.png", "samples.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "teacher_50" in format_table(rep)
+    # resumable: the generated images are reused, not drawn again
+    cached = {p: p.stat().st_mtime_ns for p in (out / "images").glob("*.npz")}
+    assert len(cached) == 6
+    rep2 = run_report(run, out, n=6, guidance=(1.0, 3.0), ref_images=16, chunk=4, latency_repeats=1, threads=1,
+                      progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (out / "images").glob("*.npz")} == cached
+    for name, rows in rep["results"].items():
+        for g, m in rows.items():
+            assert rep2["results"][name][g]["accuracy"] == m["accuracy"]
+            assert rep2["results"][name][g]["fid"] == pytest.approx(m["fid"], rel=1e-4)
+            assert rep2["results"][name][g]["clip_score"] == pytest.approx(m["clip_score"], rel=1e-4)

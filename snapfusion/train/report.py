@@ -1,0 +1,271 @@
+"""Evaluation report of a trained world run: teacher vs distilled student, on the C engine.
+
+    python -m snapfusion.train report --run runs/default --out benchmarks/results/world_report
+
+For ``n`` held-out prompts (colour-shape pairs never seen in training) and every guidance
+scale, three models generate one image per prompt with the same seeds:
+
+* ``teacher_50``: the full teacher UNet, 50 DDIM steps, the original decoder;
+* ``student_8``: the shipped model (evolved + distilled UNet, small decoder), 8 steps;
+* ``teacher_8``: the teacher at 8 steps (the baseline distillation must beat).
+
+Per model and guidance: world-FID (Fréchet distance of the world CLIP's image embeddings
+against drawn held-out scenes), world CLIP score, attribute accuracy (all prompts and the
+single-object ones), UNet MACs per image (counted by the engine) and the engine latency per
+image (batch 1, measured separately on an idle engine). Generated images are cached per
+(model, guidance) in ``OUT/images/`` so an interrupted run resumes. Writes
+``OUT/report.json``, ``OUT/fid_vs_clip.png`` (the paper's Fig. 4 on the world),
+``OUT/accuracy.png`` and ``OUT/samples.png`` (fixed prompts and seeds, one row per model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+#: Models of the report: name -> (pipeline folder key, steps).
+MODELS = {"teacher_50": ("teacher", 50), "student_8": ("student", 8), "teacher_8": ("teacher", 8)}
+DEFAULT_GUIDANCE = (1.0, 2.0, 3.0, 5.0, 7.0)
+
+
+def teacher_pipeline(run: Path, out: Path) -> Path:
+    """Pipeline folder of the run's teacher (full UNet, original decoder), built once."""
+    from .export import export_pipeline
+
+    folder = out / "teacher_pipeline"
+    if (folder / "model_index.json").is_file():
+        return folder
+    return export_pipeline(folder, run / "tokenizer" / "tokenizer", run / "clip" / "text_encoder",
+                           run / "teacher" / "unet", run / "vae" / "vae",
+                           info={"num_inference_steps": 50, "note": "teacher of the report"})
+
+
+def generate(pipe: Any, prompts: Sequence[str], steps: int, guidance: float, seed: int, chunk: int,
+             progress: bool, desc: str) -> np.ndarray:
+    """uint8 ``[n, H, W, 3]`` images: chunk ``i`` of prompts drawn with seed ``seed + i``."""
+    from tqdm.auto import tqdm
+
+    out = []
+    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
+    for i in range(0, len(prompts), chunk):
+        res = pipe(list(prompts[i:i + chunk]), num_inference_steps=steps, guidance_scale=guidance,
+                   seed=seed + i // chunk, output_type="np")
+        out.append((np.asarray(res.images) * 255.0).round().clip(0, 255).astype(np.uint8))
+        bar.update(len(out[-1]))
+    bar.close()
+    return np.concatenate(out)
+
+
+def engine_latency(pipe: Any, prompt: str, steps: int, guidance: float, repeats: int) -> dict[str, float]:
+    """Median seconds of one image (batch 1) and its stage breakdown."""
+    runs = []
+    for r in range(repeats + 1):
+        res = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, seed=r, output_type="np")
+        if r:  # the first call warms the arena
+            t = res.timings
+            runs.append({"total": t["total"], "text_encoder": t["tokenize"] + t["text_encoder"],
+                         "unet": float(sum(t["unet"])), "decoder": t["decoder"]})
+    runs.sort(key=lambda d: d["total"])
+    return runs[len(runs) // 2]
+
+
+def unet_macs_per_image(pipe: Any, steps: int, guidance: float, text_len: int) -> float:
+    """UNet multiply-accumulates per image: steps x (2 with guidance) x one batch-1 call."""
+    from snapfusion import _engine
+
+    f = pipe.vae_scale_factor
+    x = np.zeros((1, pipe.unet.in_channels, pipe.default_size // f, pipe.default_size // f), np.float32)
+    ctx = np.zeros((1, text_len, pipe.unet.cross_attention_dim), np.float32)
+    _engine.reset_mac_counter()
+    pipe.unet(x, 1, ctx)
+    return float(_engine.mac_counter()) * steps * (2 if guidance > 1.0 else 1)
+
+
+def single_object(scenes: Sequence[Any]) -> np.ndarray:
+    """Mask of the prompts that describe one object."""
+    return np.array([len(s.objects) == 1 for s in scenes], bool)
+
+
+def plot_report(report: dict[str, Any], out: Path) -> None:
+    """FID-vs-CLIP and accuracy-vs-guidance plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for name, rows in report["results"].items():
+        gs = sorted(rows, key=float)
+        ax.plot([rows[g]["clip_score"] for g in gs], [rows[g]["fid"] for g in gs], "o-", label=name)
+        for g in gs:
+            ax.annotate(g, (rows[g]["clip_score"], rows[g]["fid"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+    ax.set_xlabel("world CLIP score (higher is better)")
+    ax.set_ylabel("world-FID (lower is better)")
+    ax.set_title(f"{report['n_prompts']} held-out prompts, guidance {', '.join(report['guidance'])}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "fid_vs_clip.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, rows in report["results"].items():
+        gs = sorted(rows, key=float)
+        ax.plot([float(g) for g in gs], [100 * rows[g]["accuracy"] for g in gs], "o-", label=f"{name} (all)")
+        ax.plot([float(g) for g in gs], [100 * rows[g]["accuracy_single"] for g in gs], "s--",
+                label=f"{name} (one object)")
+    ax.set_xlabel("guidance scale")
+    ax.set_ylabel("attribute accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png")
+    plt.close(fig)
+
+
+def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int = 1000,
+               guidance: Sequence[float] = DEFAULT_GUIDANCE, seed: int = 1234, threads: int | None = None,
+               chunk: int = 16, latency_repeats: int = 3, progress: bool = True,
+               ref_images: int = 2048) -> dict[str, Any]:
+    """Generate, score and plot; returns the report (also written to ``out/report.json``).
+
+    Args:
+        run: folder of a ``scripts/train_default.py`` run (``model/``, ``teacher/``, ``clip/`` ...).
+        out: report folder (reused to resume).
+        n: held-out prompts.
+        guidance: guidance scales.
+        seed: prompt and noise seed.
+        threads: engine threads.
+        chunk: prompts per pipeline call.
+        latency_repeats: timed single-image generations per (model, guidance > 1).
+        ref_images: drawn held-out scenes behind the world-FID statistics.
+    """
+    import torch
+
+    from snapfusion.data import accuracy as attr_accuracy
+    from snapfusion.data import render_grid
+    from snapfusion.pipeline import Pipeline
+    from snapfusion.tokenizer import CLIPTokenizer
+
+    from .clip import WorldCLIP
+    from .evaluate import WorldEvaluator
+
+    if n < 1:
+        raise ValueError("n must be positive")
+    run, out = Path(run), Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    folders = {"teacher": teacher_pipeline(run, out), "student": run / "model"}
+    pipes = {k: Pipeline.from_pretrained(v, threads=threads) for k, v in folders.items()}
+    for p in pipes.values():
+        p.set_progress_bar_config(disable=True)
+    tok = CLIPTokenizer.from_pretrained(run / "tokenizer" / "tokenizer")
+    ev = WorldEvaluator(WorldCLIP.load(run / "clip"), tok, "cpu", n_prompts=n, seed=seed, split="heldout",
+                        ref_images=ref_images, image_size=pipes["student"].default_size)
+    prompts, single = ev.prompts, single_object(ev.scenes)
+    text_len = int(tok.model_max_length)
+    gnames = [f"{g:g}" for g in guidance]
+    report: dict[str, Any] = {"run": str(run), "n_prompts": n, "n_single_object": int(single.sum()),
+                              "split": "heldout", "seed": seed, "guidance": gnames, "threads": threads,
+                              "results": {}, "latency": {}, "unet_macs_per_image": {}, "seconds": {}}
+    torch.set_num_threads(max(1, threads or 1))
+    for name, (key, steps) in MODELS.items():
+        rows: dict[str, Any] = {}
+        for g, gname in zip(guidance, gnames):
+            path = out / "images" / f"{name}_g{gname}.npz"
+            if path.is_file():
+                images = np.load(path)["images"]
+                secs = float(np.load(path)["seconds"])
+            else:
+                t0 = time.perf_counter()
+                images = generate(pipes[key], prompts, steps, g, seed, chunk, progress, f"{name} g={gname}")
+                secs = time.perf_counter() - t0
+                tmp = path.with_suffix(".partial.npz")
+                np.savez(tmp, images=images, seconds=secs)
+                os.replace(tmp, path)
+            metrics = {"clip_score": ev.clip_score(images, prompts), "fid": ev.fid(images)}
+            acc = attr_accuracy(images, prompts)
+            metrics["accuracy"] = float(acc["overall"])
+            metrics.update({f"acc_{k}": float(v) for k, v in acc.items() if k not in ("overall", "n")})
+            metrics["accuracy_single"] = float(attr_accuracy(images[single], [p for p, s in zip(prompts, single)
+                                                                              if s])["overall"])
+            metrics["generation_seconds_per_image"] = secs / len(images)
+            rows[gname] = metrics
+            if progress:
+                print(f"{name:11s} g={gname:>3s}  FID {metrics['fid']:.4f}  CLIP {metrics['clip_score']:.2f}  "
+                      f"acc {metrics['accuracy']:.3f}  acc(1 obj) {metrics['accuracy_single']:.3f}", flush=True)
+        report["results"][name] = rows
+        for cfg_on in (False, True):
+            g = 2.0 if cfg_on else 1.0
+            lat_key = f"{name}_{'cfg' if cfg_on else 'nocfg'}"
+            report["latency"][lat_key] = engine_latency(pipes[key], prompts[0], steps, g, latency_repeats)
+            report["unet_macs_per_image"][lat_key] = unet_macs_per_image(pipes[key], steps, g, text_len)
+    t, s = report["latency"], report["unet_macs_per_image"]
+    report["speedup_end_to_end_cfg"] = t["teacher_50_cfg"]["total"] / t["student_8_cfg"]["total"]
+    report["unet_call_ratio"] = (t["student_8_cfg"]["unet"] / 8) / (t["teacher_50_cfg"]["unet"] / 50)
+    report["decoder_speedup"] = t["teacher_50_cfg"]["decoder"] / max(1e-9, t["student_8_cfg"]["decoder"])
+    report["mac_ratio_cfg"] = s["teacher_50_cfg"] / s["student_8_cfg"]
+    for name in MODELS:
+        best = max(report["results"][name].items(), key=lambda kv: (kv[1]["clip_score"] - 100 * kv[1]["fid"]))
+        report.setdefault("best_guidance", {})[name] = best[0]
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_report(report, out)
+
+    # fixed prompts and seeds: 8 single-object + 4 two-object prompts, one row per model
+    idx = list(np.flatnonzero(single)[:8]) + list(np.flatnonzero(~single)[:4])
+    rows_img, caps = [], []
+    for name, (key, steps) in MODELS.items():
+        g = float(report["best_guidance"][name])
+        for j, i in enumerate(idx):
+            img = pipes[key](prompts[i], num_inference_steps=steps, guidance_scale=g, seed=seed + j,
+                             output_type="np").images[0]
+            rows_img.append((np.asarray(img) * 255).round().clip(0, 255).astype(np.uint8))
+            caps.append(f"{name} g{g:g}: {prompts[i]}")
+    render_grid(rows_img, caps, cols=len(idx), cell=128).save(out / "samples.png")
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown table of the report."""
+    lines = ["| model | guidance | world-FID | CLIP score | accuracy | accuracy (1 object) |",
+             "|---|---|---|---|---|---|"]
+    for name, rows in report["results"].items():
+        for g, m in sorted(rows.items(), key=lambda kv: float(kv[0])):
+            lines.append(f"| {name} | {g} | {m['fid']:.4f} | {m['clip_score']:.2f} | {100 * m['accuracy']:.1f} % | "
+                         f"{100 * m['accuracy_single']:.1f} % |")
+    lines += ["", "| model | engine s/image (CFG) | UNet s | decoder s | UNet GMAC/image |", "|---|---|---|---|---|"]
+    for name in report["results"]:
+        t = report["latency"][f"{name}_cfg"]
+        lines.append(f"| {name} | {t['total']:.3f} | {t['unet']:.3f} | {t['decoder']:.4f} | "
+                     f"{report['unet_macs_per_image'][f'{name}_cfg'] / 1e9:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m snapfusion.train report --run DIR --out DIR``."""
+    p = argparse.ArgumentParser(prog="python -m snapfusion.train report",
+                                description="teacher vs student report of a trained world run")
+    p.add_argument("--run", required=True, help="folder of a scripts/train_default.py run")
+    p.add_argument("--out", required=True, help="report folder (reused to resume)")
+    p.add_argument("--n", type=int, default=1000, help="held-out prompts")
+    p.add_argument("--guidance", default=",".join(f"{g:g}" for g in DEFAULT_GUIDANCE))
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--chunk", type=int, default=16)
+    p.add_argument("--ref-images", type=int, default=2048)
+    p.add_argument("-q", "--quiet", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        guidance = [float(g) for g in args.guidance.split(",")]
+    except ValueError:
+        p.error(f"--guidance must be comma-separated numbers, got {args.guidance!r}")
+    report = run_report(args.run, args.out, n=args.n, guidance=guidance, seed=args.seed, threads=args.threads,
+                        chunk=args.chunk, progress=not args.quiet, ref_images=args.ref_images)
+    print(format_table(report))
+    return 0
