@@ -618,6 +618,20 @@ def _accuracy_wanted(setting: Any, prompts: Sequence[str]) -> bool:
     return False
 
 
+def _world_metrics(sets: dict[Any, np.ndarray], prompts: Sequence[str],
+                   reference: np.ndarray | None) -> dict[Any, dict[str, float]] | None:
+    """World CLIP score and world-FID (``snapfusion.train.evaluate.world_metrics``), or None
+    without torch, the shipped world CLIP, or images of its size."""
+    try:
+        from snapfusion.train.evaluate import world_metrics
+    except ImportError:
+        return None
+    try:
+        return world_metrics(sets, prompts, reference)
+    except ValueError:  # images of several sizes
+        return None
+
+
 def run_evaluation(settings: EvalSettings) -> dict[str, Any]:
     """Run (or resume) a student-versus-teacher evaluation and write its report.
 
@@ -817,6 +831,13 @@ def run_evaluation(settings: EvalSettings) -> dict[str, Any]:
     finally:
         if bar is not None:
             bar.close()
+
+    if want_accuracy:  # world captions: also the world's own metrics, where the package ships its CLIP
+        world = _world_metrics({k: np.stack(d[2]) for k, d in set_data.items()}, prompts,
+                               np.stack(load_images(v["reference_files"]))
+                               if v["reference_files"] is not None else None)
+        for (m, gi), w in (world or {}).items():
+            results[m][gi].update(w)
 
     latency = {m: latency_breakdown([timings.get((m, gi, i), {})
                                      for gi in range(len(guidance)) for i in range(n)])

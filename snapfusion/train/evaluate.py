@@ -19,7 +19,7 @@ import torch
 
 from .data import to_float_images
 
-__all__ = ["WorldEvaluator", "packaged_world_clip", "default_world_evaluator"]
+__all__ = ["WorldEvaluator", "packaged_world_clip", "default_world_evaluator", "world_metrics"]
 
 
 class WorldEvaluator:
@@ -127,3 +127,48 @@ def default_world_evaluator(n_prompts: int = 256, seed: int = 0, split: str = "h
     tok = CLIPTokenizer.from_pretrained(default_model_path() / "tokenizer")
     return WorldEvaluator(WorldCLIP.load(packaged_world_clip()), tok, device, n_prompts=n_prompts, seed=seed,
                           split=split, ref_images=ref_images)
+
+
+def world_metrics(sets: dict[Any, np.ndarray], captions: Sequence[str],
+                  reference: np.ndarray | None = None) -> dict[Any, dict[str, float]] | None:
+    """World CLIP score and world-FID of image sets with the shipped world CLIP.
+
+    Args:
+        sets: uint8 ``[N, S, S, 3]`` images per key, each generated for ``captions``.
+        captions: the N world captions.
+        reference: uint8 reference images for the world-FID (default: the first set).
+
+    Returns:
+        ``{key: {"world_clip_score", "world_fid"}}``, or None when this install has no world
+        CLIP or the images are not of its size.
+    """
+    import warnings
+
+    from snapfusion.eval.metrics import activation_statistics, frechet_distance
+    from snapfusion.pipeline import default_model_path
+    from snapfusion.tokenizer import CLIPTokenizer
+
+    from .clip import WorldCLIP
+
+    try:
+        clip = WorldCLIP.load(packaged_world_clip()).eval()
+        tok = CLIPTokenizer.from_pretrained(default_model_path() / "tokenizer")
+    except OSError:
+        return None
+    size = int(clip.image_config.get("image_size", 64)) if isinstance(clip.image_config, dict) else 64
+    arrays = {k: np.asarray(v) for k, v in sets.items()}
+    if any(a.ndim != 4 or a.shape[1:] != (size, size, 3) for a in arrays.values()):
+        return None
+    ev = WorldEvaluator.__new__(WorldEvaluator)  # scorer only: no evaluation prompts or drawn reference
+    ev.clip, ev.tokenizer, ev.device = clip, tok, torch.device("cpu")
+    feats = {k: ev.features(a) for k, a in arrays.items()}
+    ref = ev.features(np.asarray(reference)) if reference is not None else next(iter(feats.values()))
+    mu_r, sig_r = activation_statistics(ref)
+    out = {}
+    for k, f in feats.items():
+        mu, sig = activation_statistics(f)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fid = float(frechet_distance(mu, sig, mu_r, sig_r))
+        out[k] = {"world_clip_score": ev.clip_score(arrays[k], list(captions)), "world_fid": fid}
+    return out
