@@ -62,6 +62,23 @@ def generate(pipe: Any, prompts: Sequence[str], steps: int, guidance: float, see
     return np.concatenate(out)
 
 
+def _cached_images(path: Path, pipe: Any, prompts: Sequence[str], steps: int, guidance: float, seed: int,
+                   chunk: int, progress: bool, desc: str) -> tuple[np.ndarray, float]:
+    """The images of one (model, guidance) set and the seconds they took, generated once."""
+    if path.is_file():
+        with np.load(path) as f:
+            images, secs = f["images"], float(f["seconds"])
+        if len(images) == len(prompts):
+            return images, secs
+    t0 = time.perf_counter()
+    images = generate(pipe, prompts, steps, guidance, seed, chunk, progress, desc)
+    secs = time.perf_counter() - t0
+    tmp = path.with_name(path.stem + ".partial.npz")
+    np.savez(tmp, images=images, seconds=secs)
+    os.replace(tmp, path)
+    return images, secs
+
+
 def engine_latency(pipe: Any, prompt: str, steps: int, guidance: float, repeats: int) -> dict[str, float]:
     """Median seconds of one image (batch 1) and its stage breakdown."""
     runs = []
@@ -133,7 +150,7 @@ def plot_report(report: dict[str, Any], out: Path) -> None:
 def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int = 1000,
                guidance: Sequence[float] = DEFAULT_GUIDANCE, seed: int = 1234, threads: int | None = None,
                chunk: int = 16, latency_repeats: int = 3, progress: bool = True,
-               ref_images: int = 2048) -> dict[str, Any]:
+               ref_images: int = 2048, generate_only: Sequence[str] | None = None) -> dict[str, Any]:
     """Generate, score and plot; returns the report (also written to ``out/report.json``).
 
     Args:
@@ -146,6 +163,8 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
         chunk: prompts per pipeline call.
         latency_repeats: timed single-image generations per (model, guidance > 1).
         ref_images: drawn held-out scenes behind the world-FID statistics.
+        generate_only: only generate (and cache) the images of these models, e.g.
+            ``["teacher_50", "teacher_8"]`` while the student is still training; returns ``{}``.
     """
     import torch
 
@@ -161,6 +180,23 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
         raise ValueError("n must be positive")
     run, out = Path(run), Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    if generate_only is not None:
+        unknown = sorted(set(generate_only) - set(MODELS))
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; choose from {sorted(MODELS)}")
+        from snapfusion.data import eval_prompts
+
+        prompts = eval_prompts(n, seed=seed, split="heldout")[0]
+        torch.set_num_threads(max(1, threads or 1))
+        for name in generate_only:
+            key, steps = MODELS[name]
+            folder = teacher_pipeline(run, out) if key == "teacher" else run / "model"
+            pipe = Pipeline.from_pretrained(folder, threads=threads)
+            pipe.set_progress_bar_config(disable=True)
+            for g in guidance:
+                _cached_images(out / "images" / f"{name}_g{g:g}.npz", pipe, prompts, steps, g, seed, chunk,
+                               progress, f"{name} g={g:g}")
+        return {}
     folders = {"teacher": teacher_pipeline(run, out), "student": run / "model"}
     pipes = {k: Pipeline.from_pretrained(v, threads=threads) for k, v in folders.items()}
     for p in pipes.values():
@@ -178,17 +214,8 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
     for name, (key, steps) in MODELS.items():
         rows: dict[str, Any] = {}
         for g, gname in zip(guidance, gnames):
-            path = out / "images" / f"{name}_g{gname}.npz"
-            if path.is_file():
-                images = np.load(path)["images"]
-                secs = float(np.load(path)["seconds"])
-            else:
-                t0 = time.perf_counter()
-                images = generate(pipes[key], prompts, steps, g, seed, chunk, progress, f"{name} g={gname}")
-                secs = time.perf_counter() - t0
-                tmp = path.with_suffix(".partial.npz")
-                np.savez(tmp, images=images, seconds=secs)
-                os.replace(tmp, path)
+            images, secs = _cached_images(out / "images" / f"{name}_g{gname}.npz", pipes[key], prompts, steps, g,
+                                          seed, chunk, progress, f"{name} g={gname}")
             metrics = {"clip_score": ev.clip_score(images, prompts), "fid": ev.fid(images)}
             acc = attr_accuracy(images, prompts)
             metrics["accuracy"] = float(acc["overall"])
@@ -259,13 +286,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--chunk", type=int, default=16)
     p.add_argument("--ref-images", type=int, default=2048)
+    p.add_argument("--generate-only", default=None, help="comma-separated models: only generate their images")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
     try:
         guidance = [float(g) for g in args.guidance.split(",")]
     except ValueError:
         p.error(f"--guidance must be comma-separated numbers, got {args.guidance!r}")
+    only = args.generate_only.split(",") if args.generate_only else None
     report = run_report(args.run, args.out, n=args.n, guidance=guidance, seed=args.seed, threads=args.threads,
-                        chunk=args.chunk, progress=not args.quiet, ref_images=args.ref_images)
-    print(format_table(report))
+                        chunk=args.chunk, progress=not args.quiet, ref_images=args.ref_images, generate_only=only)
+    if only is None:
+        print(format_table(report))
     return 0

@@ -524,8 +524,16 @@ def test_world_report(parts: dict[str, Any], tmp_path: Path) -> None:
     export_pipeline(run / "model", parts["tok"], parts["te"], parts["teacher"], parts["vae"],
                     info={"num_inference_steps": 8, "guidance_scale": 3.0})
     out = tmp_path / "report"
+    # the teacher's sets first (as while the student still trains), then the whole report reuses them
+    assert run_report(run, out, n=6, guidance=(1.0, 3.0), threads=1, chunk=4, progress=False,
+                      generate_only=["teacher_8"]) == {}
+    early = {p: p.stat().st_mtime_ns for p in (out / "images").glob("*.npz")}
+    assert sorted(p.name for p in early) == ["teacher_8_g1.npz", "teacher_8_g3.npz"]
+    with pytest.raises(ValueError, match="unknown models"):
+        run_report(run, out, n=6, generate_only=["teacher_9"])
     rep = run_report(run, out, n=6, guidance=(1.0, 3.0), ref_images=16, chunk=4, latency_repeats=1,
                      threads=1, progress=False)
+    assert all(p.stat().st_mtime_ns == t for p, t in early.items())
     assert set(rep["results"]) == {"teacher_50", "student_8", "teacher_8"}
     for rows in rep["results"].values():
         assert set(rows) == {"1", "3"}
