@@ -209,8 +209,9 @@ def kernels(threads: int, repeat: int, peak: VnniPeak) -> dict[str, Any]:
 # --------------------------------------------------------------------------------- models
 
 
-def _folder_size(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+def _folder_size(path: Path | list[Path]) -> float:
+    paths = path if isinstance(path, list) else [path]
+    return sum(f.stat().st_size for p in paths for f in p.rglob("*") if f.is_file()) / 2**20
 
 
 def prepare_variants(cache: Path, qcache: Path) -> None:
@@ -234,8 +235,14 @@ def prepare_variants(cache: Path, qcache: Path) -> None:
         for _ in range(2):
             vae.decode(rng.standard_normal((1, 4, 32, 32)).astype(np.float32))
 
-    for comp, cal in (("unet", cal_unet), ("vae", cal_vae)):
+    def cal_te(models: dict[str, Any]) -> None:
+        te = models[""] if "" in models else next(iter(models.values()))
+        te(rng.integers(0, 49408, (2, 77)).astype(np.int64))
+
+    for comp, cal in (("unet", cal_unet), ("vae", cal_vae), ("text_encoder", cal_te)):
         for weights in ("fp16", "int8"):
+            if comp == "text_encoder" and weights == "fp16":
+                continue
             dst = qcache / f"{comp}_{weights}"
             if (dst / "config.json").is_file():
                 continue
@@ -271,6 +278,28 @@ def _build(variant: str, comp: str, size: int, cache: Path, qcache: Path) -> tup
     os.environ["SNAPFUSION_INT8"] = "xnnpack" if variant == "int8_xnnpack" else "vnni"
     rng = np.random.default_rng(0)
     lat = size // 8
+    if comp == "pipeline":  # a whole generation: text encoder, 2 UNet steps with CFG, decoder
+        from snapfusion.components import TextEncoder
+
+        q = variant != "fp32"
+        te = TextEncoder(qcache / "text_encoder_int8" if variant.startswith("int8") else cache / "text_encoder")
+        unet = UNet(qcache / f"unet_{variant.split('_')[0]}" if q else cache / "unet")
+        vae = AutoencoderKL(qcache / f"vae_{variant.split('_')[0]}" if q else cache / "vae", encoder=False,
+                            strict=False)
+        ids = np.full((2, 77), 49407, np.int64)
+        ids[:, 0] = 49406
+
+        def generation() -> None:
+            ctx = te(ids)
+            x = rng.standard_normal((1, 4, lat, lat)).astype(np.float32)
+            for t in (999, 500):
+                e = unet(np.concatenate([x, x]), t, ctx)
+                x = x - 0.1 * (e[1:] + 7.5 * (e[1:] - e[:1]))
+            vae.decode(x)
+        folders = [qcache / "text_encoder_int8" if variant.startswith("int8") else cache / "text_encoder",
+                   qcache / f"unet_{variant.split('_')[0]}" if q else cache / "unet",
+                   qcache / f"vae_{variant.split('_')[0]}" if q else cache / "vae"]
+        return generation, folders
     if comp == "unet":
         model = UNet(folder)
         x = rng.standard_normal((2, 4, lat, lat)).astype(np.float32)
@@ -361,6 +390,16 @@ def models(args: argparse.Namespace, vnni_peak: float | None) -> dict[str, Any]:
                       f"{gops:8.1f} {100 * row.get('vnni_fraction', float('nan')):5.1f}% "
                       f"{m['rss_mb']:8.0f} {m['rss_after_load_mb']:8.0f} {m['size_mb']:8.0f}",
                       flush=True)
+    # peak memory of a whole generation (text encoder, UNet with CFG, decoder), each variant in
+    # a process of its own
+    for size in sizes:
+        for variant in ("fp32", "int8_own"):
+            m = run_worker(variant, "pipeline", size, args, rss=True)
+            name = f"pipeline_{size}_{variant}"
+            results[name] = {"rss_mb": m["rss_mb"], "rss_after_load_mb": m["rss_after_load_mb"],
+                             "size_mb": m["size_mb"]}
+            print(f"{name:24s} {'':8s} {'':8s} {'':8s} {'':8s} {'':6s} {m['rss_mb']:8.0f} "
+                  f"{m['rss_after_load_mb']:8.0f} {m['size_mb']:8.0f}", flush=True)
     return results
 
 
