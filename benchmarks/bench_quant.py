@@ -289,13 +289,16 @@ def _build(variant: str, comp: str, size: int, cache: Path, qcache: Path) -> tup
         ids = np.full((2, 77), 49407, np.int64)
         ids[:, 0] = 49406
 
-        def generation() -> None:
+        def generation() -> None:  # as Pipeline with enable_low_memory(): stages free their activations
             ctx = te(ids)
+            te.release_memory()
             x = rng.standard_normal((1, 4, lat, lat)).astype(np.float32)
             for t in (999, 500):
                 e = unet(np.concatenate([x, x]), t, ctx)
                 x = x - 0.1 * (e[1:] + 7.5 * (e[1:] - e[:1]))
+            unet.release_memory()
             vae.decode(x)
+            vae.release_memory()
         folders = [qcache / "text_encoder_int8" if variant.startswith("int8") else cache / "text_encoder",
                    qcache / f"unet_{variant.split('_')[0]}" if q else cache / "unet",
                    qcache / f"vae_{variant.split('_')[0]}" if q else cache / "vae"]
@@ -390,8 +393,8 @@ def models(args: argparse.Namespace, vnni_peak: float | None) -> dict[str, Any]:
                       f"{gops:8.1f} {100 * row.get('vnni_fraction', float('nan')):5.1f}% "
                       f"{m['rss_mb']:8.0f} {m['rss_after_load_mb']:8.0f} {m['size_mb']:8.0f}",
                       flush=True)
-    # peak memory of a whole generation (text encoder, UNet with CFG, decoder), each variant in
-    # a process of its own
+    # peak memory of a whole generation (text encoder, UNet with CFG, decoder; each stage frees its
+    # activations when it ends, as Pipeline.enable_low_memory()), each variant in a process of its own
     for size in sizes:
         for variant in ("fp32", "int8_own"):
             m = run_worker(variant, "pipeline", size, args, rss=True)

@@ -165,3 +165,9 @@ fail:
     sf_pool_yield();
     return st;
 }
+
+sf_status sf_clip_trim(sf_clip *c) {
+    if (!c)
+        return sf_error(SF_ERR_INVALID_ARG, "sf_clip_trim: NULL clip");
+    return sf_arena_trim(c->arena);
+}

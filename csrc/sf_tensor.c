@@ -214,6 +214,15 @@ sf_status sf_arena_reset(sf_arena *a) {
     return SF_OK;
 }
 
+sf_status sf_arena_trim(sf_arena *a) {
+    if (!a)
+        return sf_error(SF_ERR_INVALID_ARG, "sf_arena_trim: NULL arena");
+    sf_free_chunks(a->head);
+    a->head = NULL;
+    a->used = 0;
+    return SF_OK;
+}
+
 sf_status sf_arena_alloc(sf_arena *a, size_t bytes, void **out) {
     if (!a || !out)
         return sf_error(SF_ERR_INVALID_ARG, "sf_arena_alloc: NULL argument");

@@ -389,3 +389,9 @@ fail:
     sf_pool_yield();
     return st;
 }
+
+sf_status sf_unet_trim(sf_unet *u) {
+    if (!u)
+        return sf_error(SF_ERR_INVALID_ARG, "sf_unet_trim: NULL unet");
+    return sf_arena_trim(u->arena);
+}

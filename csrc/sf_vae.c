@@ -406,3 +406,9 @@ fail:
     sf_pool_yield();
     return st;
 }
+
+sf_status sf_vae_trim(sf_vae *v) {
+    if (!v)
+        return sf_error(SF_ERR_INVALID_ARG, "sf_vae_trim: NULL vae");
+    return sf_arena_trim(v->arena);
+}

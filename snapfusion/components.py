@@ -103,6 +103,11 @@ class UNet:
         """Load from a diffusers ``unet/`` folder."""
         return cls(folder, **kwargs)
 
+    def release_memory(self) -> None:
+        """Free the activation memory kept between calls (the next call allocates it again):
+        lowers a generation's peak memory when several models take turns."""
+        self._engine.release_memory()
+
     def __call__(self, sample: np.ndarray, timestep: Any, encoder_hidden_states: np.ndarray,
                  *, return_hooks: bool = False) -> Any:
         """Predict the model output.
@@ -159,6 +164,11 @@ class AutoencoderKL:
     def from_pretrained(cls, folder: PathLike, **kwargs: Any) -> AutoencoderKL:
         """Load from a diffusers ``vae/`` folder."""
         return cls(folder, **kwargs)
+
+    def release_memory(self) -> None:
+        """Free the activation memory kept between calls (the next call allocates it again):
+        lowers a generation's peak memory when several models take turns."""
+        self._engine.release_memory()
 
     def decode(self, latents: np.ndarray, *, return_hooks: bool = False) -> Any:
         """Decode float32 ``(B, C, h, w)`` latents (already divided by ``scaling_factor``)
@@ -224,6 +234,11 @@ class TextEncoder:
     def from_pretrained(cls, folder: PathLike, **kwargs: Any) -> TextEncoder:
         """Load from a transformers ``text_encoder/`` folder."""
         return cls(folder, **kwargs)
+
+    def release_memory(self) -> None:
+        """Free the activation memory kept between calls (the next call allocates it again):
+        lowers a generation's peak memory when several models take turns."""
+        self._engine.release_memory()
 
     def __call__(self, input_ids: np.ndarray, *, clip_skip: int | None = None,
                  return_pooled: bool = False) -> Any:

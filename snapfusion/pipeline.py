@@ -103,6 +103,7 @@ class Pipeline:
         #: settings the model's trainer recommends (``snapfusion_model.json``): used for the
         #: arguments of ``__call__`` left as None
         self.recommended: dict[str, Any] = {}
+        self.low_memory = False
         self.progress_bar = True
         vae_blocks = len(vae.config.get("block_out_channels", [64]))
         self.vae_scale_factor = 2 ** (vae_blocks - 1)
@@ -249,6 +250,8 @@ class Pipeline:
         if negs is not None:
             negs = [p for p in negs for _ in range(num_images_per_prompt)]
         ctx = self.encode_prompt(prompts, negs, do_cfg, clip_skip, timings)
+        if self.low_memory:
+            self.text_encoder.release_memory()
         batch = len(prompts)
         shape = (batch, self.unet.in_channels, height // f, width // f)
         gen = _resolve_generator(generator, seed)
@@ -295,6 +298,8 @@ class Pipeline:
         finally:
             if bar is not None:
                 bar.close()
+            if self.low_memory:
+                self.unet.release_memory()
         timings["unet"] = unet_times
         timings["scheduler"] = sched_time
         if output_type == "latent":
@@ -302,7 +307,11 @@ class Pipeline:
             timings["decoder"] = 0.0
         else:
             t0 = time.perf_counter()
-            images = self.decode_latents(latents)
+            try:
+                images = self.decode_latents(latents)
+            finally:
+                if self.low_memory:
+                    self.vae.release_memory()
             timings["decoder"] = time.perf_counter() - t0
             if output_type == "pil":
                 from PIL import Image
@@ -328,6 +337,13 @@ class Pipeline:
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc="denoising", leave=False)
+
+    def enable_low_memory(self, enabled: bool = True) -> None:
+        """Free each stage's activation memory when the stage ends (text encoder, UNet,
+        decoder), so that a generation's peak is the weights plus the largest stage rather than
+        the sum of all stages; each call then allocates its activations again (slightly
+        slower)."""
+        self.low_memory = bool(enabled)
 
     def set_progress_bar_config(self, disable: bool = False) -> None:
         """Show (default) or hide the denoising progress bar."""

@@ -155,6 +155,9 @@ typedef struct {
 } sf_arena_mark_t;
 sf_arena_mark_t sf_arena_mark(const sf_arena *arena);
 sf_status sf_arena_release(sf_arena *arena, sf_arena_mark_t mark);
+/* Give the arena's memory back to the system: everything allocated from it is freed (call it
+ * between passes). The next pass allocates one chunk of the high-water size again. */
+sf_status sf_arena_trim(sf_arena *arena);
 /* Bytes handed out since the last reset, and the largest such figure seen. */
 size_t sf_arena_used(const sf_arena *arena);
 size_t sf_arena_high_water(const sf_arena *arena);
@@ -412,6 +415,9 @@ void sf_unet_destroy(sf_unet *u);
 const sf_unet_config *sf_unet_get_config(const sf_unet *u);
 /* Bytes of the activation arena (the largest pass so far). */
 size_t sf_unet_arena_bytes(const sf_unet *u);
+/* Free the activation memory between calls (e.g. before decoding, to lower a generation's
+ * peak memory); the next call allocates it again. */
+sf_status sf_unet_trim(sf_unet *u);
 
 /* Debug hook: called with a name ("conv_in", "down_block_0", "mid_block", "up_block_1", ...)
  * and the activation (batch, h, w, c) after each stage. NULL disables. */
@@ -457,6 +463,8 @@ sf_status sf_vae_create(const sf_vae_config *cfg, sf_weights *w, int encoder, in
 void sf_vae_destroy(sf_vae *v);
 const sf_vae_config *sf_vae_get_config(const sf_vae *v);
 void sf_vae_set_hook(sf_vae *v, sf_tensor_hook hook, void *user);
+/* Free the activation memory between calls; the next call allocates it again. */
+sf_status sf_vae_trim(sf_vae *v);
 /* Size of the decoded image for a latent of h x w (x 2^(n_blocks-1)). */
 void sf_vae_decoded_size(const sf_vae *v, size_t h, size_t w, size_t *oh, size_t *ow);
 /* Size of the latent for an image of h x w. */
@@ -489,6 +497,8 @@ typedef struct sf_clip sf_clip;
 sf_status sf_clip_create(const sf_clip_config *cfg, sf_weights *w, int strict, sf_clip **out);
 void sf_clip_destroy(sf_clip *c);
 const sf_clip_config *sf_clip_get_config(const sf_clip *c);
+/* Free the activation memory between calls; the next call allocates it again. */
+sf_status sf_clip_trim(sf_clip *c);
 /* ids: (B, L) with L <= max_positions and every id < vocab_size. hidden: (B, L, D) =
  * final_layer_norm(output of layer num_layers - clip_skip), i.e. last_hidden_state for
  * clip_skip 0 and diffusers' clip_skip semantics otherwise. pooled (B, D) or NULL: the final

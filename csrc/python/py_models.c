@@ -150,6 +150,26 @@ static int model_init(model_kind kind, const char *type_name, void **handle, PyO
     return 0;
 }
 
+/* release_memory(): give a model's activation memory back between calls. */
+#define SF_PY_TRIM_METHOD(fname, pytype, field, trim)                                           \
+    static PyObject *fname(pytype *self, PyObject *unused) {                                    \
+        (void)unused;                                                                           \
+        if (!self->field) {                                                                     \
+            PyErr_SetString(PyExc_RuntimeError, "model is not initialized");                    \
+            return NULL;                                                                        \
+        }                                                                                       \
+        if (acquire(&self->busy) < 0)                                                           \
+            return NULL;                                                                        \
+        sf_status st = trim(self->field);                                                       \
+        self->busy = 0;                                                                         \
+        if (st != SF_OK)                                                                        \
+            return sf_py_raise(st);                                                             \
+        Py_RETURN_NONE;                                                                         \
+    }
+
+#define SF_PY_TRIM_DOC                                                                          \
+    "release_memory() -> None: free the activation memory (the next call allocates it again)."
+
 /* ================================ UNet ================================ */
 
 typedef struct {
@@ -268,6 +288,13 @@ static PyObject *unet_get_arena(PyUNet *self, void *closure) {
     return PyLong_FromSize_t(self->unet ? sf_unet_arena_bytes(self->unet) : 0);
 }
 
+SF_PY_TRIM_METHOD(unet_release, PyUNet, unet, sf_unet_trim)
+
+static PyMethodDef unet_methods[] = {
+    {"release_memory", (PyCFunction)unet_release, METH_NOARGS, SF_PY_TRIM_DOC},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyGetSetDef unet_getset[] = {
     {"arena_bytes", (getter)unet_get_arena, NULL, "Bytes of the activation arena.", NULL},
     {"config", (getter)unet_get_config, NULL, "A summary of the parsed configuration.", NULL},
@@ -284,6 +311,7 @@ static PyType_Slot unet_slots[] = {
     {Py_tp_init, unet_init},
     {Py_tp_dealloc, unet_dealloc},
     {Py_tp_call, unet_call},
+    {Py_tp_methods, unet_methods},
     {Py_tp_getset, unet_getset},
     {0, NULL},
 };
@@ -454,7 +482,10 @@ static PyObject *vae_get_factor(PyVAE *self, void *closure) {
     return PyLong_FromSize_t((size_t)1 << (sf_vae_get_config(self->vae)->n_blocks - 1));
 }
 
+SF_PY_TRIM_METHOD(vae_release, PyVAE, vae, sf_vae_trim)
+
 static PyMethodDef vae_methods[] = {
+    {"release_memory", (PyCFunction)vae_release, METH_NOARGS, SF_PY_TRIM_DOC},
     {"decode", (PyCFunction)(void (*)(void))vae_decode, METH_VARARGS | METH_KEYWORDS,
      "decode(latents (B, h, w, L) NHWC, hooks=False) -> images (B, H, W, C), unclamped.\n"
      "The caller divides latents by scaling_factor first, as with diffusers."},
@@ -566,6 +597,13 @@ static PyObject *clip_get_dim(PyClip *self, void *closure) {
     return PyLong_FromSize_t(sf_clip_get_config(self->clip)->hidden_size);
 }
 
+SF_PY_TRIM_METHOD(clip_release, PyClip, clip, sf_clip_trim)
+
+static PyMethodDef clip_methods[] = {
+    {"release_memory", (PyCFunction)clip_release, METH_NOARGS, SF_PY_TRIM_DOC},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyGetSetDef clip_getset[] = {
     {"hidden_size", (getter)clip_get_dim, NULL, "width of the hidden states", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -580,6 +618,7 @@ static PyType_Slot clip_slots[] = {
     {Py_tp_init, clip_init},
     {Py_tp_dealloc, clip_dealloc},
     {Py_tp_call, clip_call},
+    {Py_tp_methods, clip_methods},
     {Py_tp_getset, clip_getset},
     {0, NULL},
 };

@@ -79,6 +79,18 @@ static void test_arena(void) {
     void *q = NULL;
     EXPECT_STATUS(sf_arena_alloc(a, SIZE_MAX - 8, &q), SF_ERR_OOM);
     EXPECT_STATUS(sf_arena_alloc(NULL, 8, &q), SF_ERR_INVALID_ARG);
+    /* trim: the memory goes back; the next pass takes one chunk of the high-water size */
+    size_t hw = sf_arena_high_water(a), before = sf_arena_system_allocs(a);
+    EXPECT_OK(sf_arena_trim(a));
+    EXPECT(sf_arena_used(a) == 0);
+    EXPECT_OK(sf_arena_trim(a)); /* twice is fine */
+    EXPECT_OK(sf_arena_reset(a));
+    EXPECT(sf_arena_system_allocs(a) == before + 1);
+    for (int i = 0; i < 8; i++)
+        EXPECT_OK(sf_arena_alloc(a, (size_t)(i + 1) * 300000, &p[i]));
+    EXPECT(sf_arena_system_allocs(a) == before + 1);
+    EXPECT(sf_arena_high_water(a) == hw);
+    EXPECT_STATUS(sf_arena_trim(NULL), SF_ERR_INVALID_ARG);
     sf_arena_destroy(a);
     sf_arena_destroy(NULL);
 }

@@ -159,3 +159,39 @@ def test_hostile_unet_folders(golden_dir: Path, tmp_path: Path) -> None:
     (d / "config.json").write_text("{\"block_out_channels\": [32, 64,]}")
     with pytest.raises(ValueError, match="config.json"):
         UNet(d)
+
+
+def _rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return -1
+
+
+def test_release_memory(golden_dir: Path) -> None:
+    from snapfusion.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(golden_dir / "sd_tiny", threads=1)
+    pipe.set_progress_bar_config(disable=True)
+    kw = {"num_inference_steps": 3, "guidance_scale": 5.0, "seed": 3, "height": 64, "width": 64,
+          "output_type": "np"}
+    ref = pipe("a cat", **kw).images
+    x = np.random.default_rng(0).standard_normal((2, 4, 96, 96)).astype(np.float32)
+    ctx = pipe.text_encoder(pipe.tokenizer(["a", "b"]))
+    y = pipe.unet(x, 10, ctx)
+    arena = pipe.unet._engine.arena_bytes
+    assert arena > 0
+    rss = _rss_kb()
+    pipe.unet.release_memory()
+    if rss > 0 and arena > 32 << 20:  # big enough to see in the resident set
+        assert _rss_kb() < rss - (arena >> 10) // 2
+    # the next call allocates again and computes the same
+    np.testing.assert_array_equal(pipe.unet(x, 10, ctx), y)
+    for m in (pipe.unet, pipe.text_encoder, pipe.vae):
+        m.release_memory()
+        m.release_memory()
+    pipe.enable_low_memory()
+    assert pipe.low_memory
+    np.testing.assert_array_equal(pipe("a cat", **kw).images, ref)
+    pipe.enable_low_memory(False)
+    np.testing.assert_array_equal(pipe("a cat", **kw).images, ref)
