@@ -418,6 +418,20 @@ sf_status sf_pipeline_set_scheduler(sf_pipeline *p, const char *class_name) {
     return SF_OK;
 }
 
+sf_status sf_pipeline_set_scheduler_json(sf_pipeline *p, const char *json, size_t len) {
+    if (!p || !json)
+        return sf_error(SF_ERR_INVALID_ARG, "sf_pipeline_set_scheduler_json: %s is NULL",
+                        p ? "json" : "p");
+    sf_scheduler *s = NULL;
+    sf_status st = sf_scheduler_create_from_json(json, len, &s);
+    if (st != SF_OK)
+        return st;
+    sf_scheduler_destroy(p->sched);
+    p->sched = s;
+    update_scheduler_info(p);
+    return SF_OK;
+}
+
 sf_status sf_pipeline_get_info(const sf_pipeline *p, sf_pipeline_info *out) {
     if (!p || !out)
         return sf_error(SF_ERR_INVALID_ARG, "sf_pipeline_get_info: %s is NULL", p ? "out" : "p");

@@ -715,9 +715,9 @@ sf_status sf_scheduler_add_noise(const sf_scheduler *s, const float *original,
  * 4. image = clamp(vae_decode(x / scaling_factor) / 2 + 0.5, 0, 1), (B, H, W, 3) NHWC.
  * With the same initial latents the image equals snapfusion.Pipeline's output_type="np" image
  * (to float32 rounding). Not thread-safe: one generation per pipeline at a time. The engine's
- * thread count (sf_set_num_threads) applies. Loading reads about the weights' size of memory;
- * int8 (W8A8) components converted by `snapfusion convert --weights int8` load like float ones
- * (their layers are recognized by the I8 dtype of their weights).
+ * thread count (sf_set_num_threads) applies. int8 (W8A8) components converted by
+ * `snapfusion convert --weights int8` load like float ones (their layers are recognized by the
+ * I8 dtype of their weights), and so do F16/BF16 weights.
  */
 typedef struct sf_pipeline sf_pipeline;
 
@@ -736,6 +736,9 @@ void sf_pipeline_destroy(sf_pipeline *p);
  * as diffusers' Class.from_config(pipe.scheduler.config). On failure the current scheduler is
  * kept. */
 sf_status sf_pipeline_set_scheduler(sf_pipeline *p, const char *class_name);
+/* Use the scheduler a scheduler_config.json text describes (its "_class_name" picks the class;
+ * see sf_scheduler_config_from_json). On failure the current scheduler is kept. */
+sf_status sf_pipeline_set_scheduler_json(sf_pipeline *p, const char *json, size_t len);
 
 /* What a caller needs to know to prepare a generation. */
 typedef struct {
@@ -808,12 +811,13 @@ typedef struct {
 sf_status sf_pipeline_get_timings(const sf_pipeline *p, sf_pipeline_timings *out);
 
 /* The engine's Gaussian noise: n standard normal float32 values, a pure function of (seed,
- * stream, index) (the same on every run and thread count):
- *   mix(z) = splitmix64's finalizer: z ^= z >> 30; z *= 0xbf58476d1ce4e5b9; z ^= z >> 27;
- *            z *= 0x94d049bb133111eb; z ^= z >> 31
- *   key = mix(seed + 0x9e3779b97f4a7c15 * (stream + 1)), bits(k) = mix(key + 0x9e3779b97f4a7c15
- *   * (k + 1)); u(k) = ((bits(k) >> 11) + 0.5) / 2^53 in (0, 1)
- *   value 2j, 2j+1 = r cos(2 pi u(2j+1)), r sin(2 pi u(2j+1)) with r = sqrt(-2 ln u(2j))
+ * stream, index), the same on every run and thread count (with the same libm). With
+ * G = 0x9e3779b97f4a7c15 and mix = splitmix64's finalizer (z ^= z >> 30;
+ * z *= 0xbf58476d1ce4e5b9; z ^= z >> 27; z *= 0x94d049bb133111eb; z ^= z >> 31), in uint64
+ * arithmetic:
+ *   key = mix(seed + G * (stream + 1));  bits(k) = mix(key + G * (k + 1));
+ *   u(k) = ((bits(k) >> 11) + 0.5) / 2^53, in (0, 1);
+ *   values 2j and 2j+1 = r cos(2 pi u(2j+1)) and r sin(2 pi u(2j+1)), r = sqrt(-2 ln u(2j))
  *   (Box-Muller in double, rounded to float32; an odd n drops the last sine).
  * It does not reproduce numpy's or torch's generators. */
 sf_status sf_randn(uint64_t seed, uint64_t stream, size_t n, float *out);

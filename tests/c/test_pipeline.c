@@ -487,6 +487,23 @@ static void test_generate(const char *model) {
             EXPECT(memcmp(img2, img3, n1 * sizeof(float)) == 0);
         }
     }
+    /* a scheduler from its configuration text */
+    const char *euler = "{\"_class_name\": \"EulerDiscreteScheduler\", \"beta_schedule\": "
+                        "\"scaled_linear\", \"beta_start\": 0.00085, \"beta_end\": 0.012}";
+    EXPECT_STATUS(sf_pipeline_set_scheduler_json(p, "{\"_class_name\": ", 15), SF_ERR_FORMAT);
+    EXPECT_STATUS(sf_pipeline_set_scheduler_json(p, NULL, 0), SF_ERR_INVALID_ARG);
+    EXPECT_STATUS(sf_pipeline_set_scheduler_json(NULL, euler, strlen(euler)),
+                  SF_ERR_INVALID_ARG);
+    EXPECT_OK(sf_pipeline_get_info(p, &info));
+    EXPECT(strcmp(info.scheduler, names[sizeof names / sizeof *names - 1]) == 0);
+    EXPECT_OK(sf_pipeline_set_scheduler_json(p, euler, strlen(euler)));
+    EXPECT_OK(sf_pipeline_get_info(p, &info));
+    EXPECT(strcmp(info.scheduler, "EulerDiscreteScheduler") == 0);
+    EXPECT_OK(sf_pipeline_generate(p, &g, img2));
+    EXPECT(all_in_unit(img2, n1));
+    EXPECT_STATUS(sf_pipeline_get_timings(NULL, &tm), SF_ERR_INVALID_ARG);
+    EXPECT_STATUS(sf_pipeline_get_timings(p, NULL), SF_ERR_INVALID_ARG);
+
     EXPECT_OK(sf_pipeline_set_scheduler(p, NULL));
     EXPECT_OK(sf_pipeline_get_info(p, &info));
     EXPECT(strcmp(info.scheduler, "PNDMScheduler") == 0);
