@@ -23,7 +23,7 @@ CFLAGS_C := -std=c11 -g -O1 -Wall -Wextra -Wshadow -Wstrict-prototypes -Werror \
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 LIBS := -lXNNPACK -lpthreadpool -lm -lpthread
 
-.PHONY: demo test test-c test-py build deps apt venv clean bench train-default
+.PHONY: demo test test-c test-py build deps apt venv clean bench train-default sf-txt2img
 .SECONDARY:
 
 demo: build
@@ -74,6 +74,21 @@ build-c/%: tests/c/%.c $(ENGINE_OBJ) tests/c/sf_test.h
 test-c: $(patsubst tests/c/%.c,build-c/%,$(CTEST_SRC))
 	@set -e; for t in $^; do echo "== $$t"; ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ./$$t; done
+
+# ---- command-line tool: text-to-image in C (csrc/tools/, not part of the Python extension) --
+# The engine is compiled again with the extension's optimization flags (setup.py), so the tool
+# computes the same numbers as snapfusion._engine.
+TOOL_CFLAGS := -std=c11 -O3 -fno-math-errno -Wall -Wextra -Wshadow -Wstrict-prototypes -Werror \
+               -Wno-missing-field-initializers -D_GNU_SOURCE -Icsrc/include -Icsrc
+TOOL_OBJ := $(patsubst csrc/%.c,build-c/tool-obj/%.o,$(ENGINE_SRC))
+build-c/tool-obj/%.o: csrc/%.c $(ENGINE_HDR) | $(VENV)/.apt-stamp
+	@mkdir -p build-c/tool-obj
+	$(CC) $(TOOL_CFLAGS) -c -o $@ $<
+
+build-c/sf-txt2img: csrc/tools/sf_txt2img.c $(TOOL_OBJ)
+	$(CC) $(TOOL_CFLAGS) -o $@ $< $(TOOL_OBJ) $(LIBS)
+
+sf-txt2img: build-c/sf-txt2img
 
 test-py: build
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q tests/python

@@ -40,6 +40,7 @@ if os.environ.get("SF_SANITIZE"):
     ldflags.append(san)
 cflags += shlex.split(os.environ.get("SF_EXTRA_CFLAGS", ""))
 
+# csrc/tools/ holds command-line programs (each with a main; built by the Makefile): not globbed.
 sources = sorted(glob("csrc/*.c")) + sorted(glob("csrc/python/*.c"))
 headers = sorted(glob("csrc/*.h")) + sorted(glob("csrc/include/*.h")) + sorted(
     glob("csrc/python/*.h"))

@@ -457,6 +457,11 @@ fail:
 }
 
 sf_status sf_scheduler_config_from_json(const char *json, size_t len, sf_scheduler_config *out) {
+    return sf_scheduler_config_from_json_as(json, len, NULL, out);
+}
+
+sf_status sf_scheduler_config_from_json_as(const char *json, size_t len, const char *class_name,
+                                           sf_scheduler_config *out) {
     if (!json || !out)
         return sf_error(SF_ERR_INVALID_ARG, "sf_scheduler_config_from_json: %s is NULL",
                         json ? "out" : "json");
@@ -478,14 +483,18 @@ sf_status sf_scheduler_config_from_json(const char *json, size_t len, sf_schedul
     if (sf_json_type(doc) != SF_JSON_OBJECT)
         SF_FAIL(SF_ERR_FORMAT, "scheduler config: expected a JSON object, got %s",
                 sf_json_kind_name(sf_json_type(doc)));
-    const sf_json *cls = sf_json_object_get(doc, "_class_name");
-    size_t cls_len;
-    const char *name = sf_json_string(cls, &cls_len);
-    if (!name)
-        SF_FAIL(SF_ERR_FORMAT, "scheduler config: missing the string '_class_name' that names "
-                "the scheduler class");
-    if (strlen(name) != cls_len)
-        SF_FAIL(SF_ERR_UNSUPPORTED, "scheduler config: '_class_name' contains a NUL character");
+    const char *name = class_name;
+    if (!name) {
+        const sf_json *cls = sf_json_object_get(doc, "_class_name");
+        size_t cls_len;
+        name = sf_json_string(cls, &cls_len);
+        if (!name)
+            SF_FAIL(SF_ERR_FORMAT, "scheduler config: missing the string '_class_name' that "
+                    "names the scheduler class");
+        if (strlen(name) != cls_len)
+            SF_FAIL(SF_ERR_UNSUPPORTED, "scheduler config: '_class_name' contains a NUL "
+                    "character");
+    }
     sf_scheduler_type type;
     SF_CHECK(sf_scheduler_type_from_name(name, &type));
     sf_scheduler_config_default(type, &c);

@@ -613,6 +613,11 @@ void sf_scheduler_config_default(sf_scheduler_type type, sf_scheduler_config *ou
  * (SF_ERR_INVALID_ARG). A list of trained_betas is allocated: call sf_scheduler_config_release
  * afterwards. */
 sf_status sf_scheduler_config_from_json(const char *json, size_t len, sf_scheduler_config *out);
+/* Same, but the class is `class_name` (a diffusers class name as above) whatever the text's
+ * "_class_name" says (which may then be absent), as diffusers' Class.from_config(config) does
+ * for another class's configuration. class_name NULL: as sf_scheduler_config_from_json. */
+sf_status sf_scheduler_config_from_json_as(const char *json, size_t len, const char *class_name,
+                                           sf_scheduler_config *out);
 /* Free what sf_scheduler_config_from_json allocated (safe on any initialized config). */
 void sf_scheduler_config_release(sf_scheduler_config *cfg);
 
@@ -683,6 +688,149 @@ sf_status sf_scheduler_step_ex(sf_scheduler *s, const float *model_output, const
  * (after set_timesteps). n values; out may equal original or noise. */
 sf_status sf_scheduler_add_noise(const sf_scheduler *s, const float *original,
                                  const float *noise, size_t n, double timestep, float *out);
+
+
+/* ------------------------------------------------------------------------------------------ */
+/* Pipeline: text-to-image from a diffusers model folder                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A whole Stable Diffusion v1.x-class generation in C, as snapfusion.Pipeline (and diffusers'
+ * StableDiffusionPipeline) computes it: text encoder -> denoising loop (UNet with
+ * classifier-free guidance, scheduler) -> VAE decoder. Tokenization is not part of the engine:
+ * the caller passes CLIP token ids (e.g. from snapfusion.CLIPTokenizer, padded to the text
+ * encoder's max_text_len as diffusers does).
+ *
+ *     sf_pipeline *p = NULL;
+ *     st = sf_pipeline_load("models/sd_tiny", &p);  // text_encoder/ unet/ vae/ scheduler/
+ *     sf_pipeline_info info;
+ *     sf_pipeline_get_info(p, &info);
+ *     sf_generate_params g;
+ *     sf_generate_params_default(&g);
+ *     g.cond_ids = ids; g.cond_len = 77;                // the prompt
+ *     g.uncond_ids = empty_ids; g.uncond_len = 77;      // "" (the negative prompt)
+ *     g.num_inference_steps = 25; g.guidance_scale = 7.5; g.seed = 42;
+ *     float *img = malloc(info.default_height * info.default_width * 3 * sizeof(float));
+ *     st = sf_pipeline_generate(p, &g, img);           // (H, W, 3) in [0, 1]
+ *     sf_pipeline_destroy(p);
+ *
+ * The steps (g = guidance_scale, B = batch, NCHW or NHWC as noted):
+ * 1. ctx = text_encoder([uncond_ids; cond_ids]) for g > 1 (one batch of 2B), else
+ *    text_encoder(cond_ids); with clip_skip > 0 the cond rows use diffusers' clip_skip and the
+ *    uncond rows the last hidden state (as diffusers).
+ * 2. set_timesteps(num_inference_steps); x = x_T * init_noise_sigma, x_T from params.latents
+ *    or from sf_randn(seed, 0) (both (B, C, h, w) NCHW, h = height / vae_scale_factor).
+ * 3. for each timestep t_i: e = unet(scale_model_input([x; x]), t_i, ctx) (one call of batch
+ *    2B), e = e_u + g (e_c - e_u); x = step(e, x) (stochastic schedulers draw their noise from
+ *    sf_randn(seed, i + 1), in NCHW order); then progress(user, i + 1, count, t_i).
+ * 4. image = clamp(vae_decode(x / scaling_factor) / 2 + 0.5, 0, 1), (B, H, W, 3) NHWC.
+ * With the same initial latents the image equals snapfusion.Pipeline's output_type="np" image
+ * (to float32 rounding). Not thread-safe: one generation per pipeline at a time. The engine's
+ * thread count (sf_set_num_threads) applies. int8 (W8A8) components converted by
+ * `snapfusion convert --weights int8` load like float ones (their layers are recognized by the
+ * I8 dtype of their weights), and so do F16/BF16 weights.
+ */
+typedef struct sf_pipeline sf_pipeline;
+
+/* Load a diffusers-layout folder: `text_encoder/`, `unet/`, `vae/` (each config.json plus
+ * diffusion_pytorch_model.safetensors or model.safetensors), `scheduler/scheduler_config.json`
+ * and the optional `snapfusion_model.json` (recommended steps and guidance). The VAE's decoder
+ * only is built. Errors name the file: SF_ERR_IO (missing folder, config or weights),
+ * SF_ERR_FORMAT / SF_ERR_SHAPE (malformed configs or weights, components that do not fit each
+ * other), SF_ERR_UNSUPPORTED (pickle-only weights, options the engine does not implement),
+ * SF_ERR_OOM. */
+sf_status sf_pipeline_load(const char *folder, sf_pipeline **out);
+void sf_pipeline_destroy(sf_pipeline *p);
+
+/* Use another scheduler class with the folder's scheduler configuration ("DDIMScheduler",
+ * "EulerDiscreteScheduler", ... as sf_scheduler_type_from_name; NULL: the folder's own class),
+ * as diffusers' Class.from_config(pipe.scheduler.config). On failure the current scheduler is
+ * kept. */
+sf_status sf_pipeline_set_scheduler(sf_pipeline *p, const char *class_name);
+/* Use the scheduler a scheduler_config.json text describes (its "_class_name" picks the class;
+ * see sf_scheduler_config_from_json). On failure the current scheduler is kept. */
+sf_status sf_pipeline_set_scheduler_json(sf_pipeline *p, const char *json, size_t len);
+
+/* What a caller needs to know to prepare a generation. */
+typedef struct {
+    size_t max_text_len;      /* longest id row: the text encoder's max_position_embeddings */
+    size_t vocab_size;        /* ids must be in [0, vocab_size) */
+    size_t latent_channels;   /* C of the initial latents (the UNet's in_channels) */
+    size_t vae_scale_factor;  /* image size / latent size (2^(VAE blocks - 1)) */
+    size_t default_height, default_width; /* the UNet's sample_size x vae_scale_factor */
+    size_t image_channels;    /* channels of the image (the VAE's out_channels, normally 3) */
+    size_t recommended_steps; /* from snapfusion_model.json; 0 if none */
+    double recommended_guidance; /* from snapfusion_model.json; NAN if none */
+    const char *scheduler;    /* class name of the current scheduler (static string) */
+} sf_pipeline_info;
+
+sf_status sf_pipeline_get_info(const sf_pipeline *p, sf_pipeline_info *out);
+
+/* Called after each denoising step: step = number of steps done (1..total_steps), total_steps =
+ * the scheduler's timestep count (num_inference_steps, or one more for PNDM), timestep = the
+ * timestep just denoised. Returning nonzero stops the generation: sf_pipeline_generate then
+ * returns SF_ERR_CANCELLED and leaves image_out unspecified. */
+typedef int (*sf_progress_fn)(void *user, size_t step, size_t total_steps, double timestep);
+
+typedef struct {
+    size_t batch;                /* images, >= 1 (each with its own id rows and latents) */
+    const int64_t *cond_ids;     /* (batch, cond_len): the prompt's token ids */
+    size_t cond_len;
+    const int64_t *uncond_ids;   /* (batch, uncond_len): the negative prompt's (or ""'s) ids;
+                                  * required when guidance_scale > 1 (then uncond_len must equal
+                                  * cond_len), ignored otherwise */
+    size_t uncond_len;
+    size_t height, width;        /* image size: multiples of vae_scale_factor in
+                                  * [vae_scale_factor, 8192]; 0 = the default size */
+    size_t num_inference_steps;  /* >= 1 */
+    double guidance_scale;       /* finite; <= 1 skips the unconditional pass */
+    size_t clip_skip;            /* 0, or diffusers' clip_skip (< text encoder layers) */
+    const float *latents;        /* initial noise x_T, (batch, latent_channels, h, w) NCHW
+                                  * float32 like diffusers' `latents=`, or NULL: drawn from
+                                  * sf_randn(seed, 0) in that NCHW order */
+    uint64_t seed;               /* initial noise (if latents is NULL) and step noise */
+    sf_progress_fn progress;     /* or NULL */
+    void *progress_user;
+} sf_generate_params;
+
+/* batch 1, no ids, default size, 50 steps, guidance 7.5, clip_skip 0, no latents, seed 0, no
+ * callback. */
+void sf_generate_params_default(sf_generate_params *params);
+
+/* Generate. image_out: (batch, height, width, image_channels) float32 NHWC in [0, 1] (NaN where
+ * the model produced NaN). Argument errors (SF_ERR_INVALID_ARG / SF_ERR_SHAPE, each naming the
+ * field): NULL pointers, zero batch or steps, sizes that are not multiples of the scale factor or
+ * exceed 8192, empty or too long or mismatched id rows, ids outside [0, vocab_size), non-finite
+ * guidance. Working buffers are kept in the pipeline and reused by later calls of the same
+ * size. */
+sf_status sf_pipeline_generate(sf_pipeline *p, const sf_generate_params *params,
+                               float *image_out);
+
+/* Seconds spent in each stage by the last sf_pipeline_generate (also after a failure or a
+ * cancellation: the stages reached). unet_step_s points to steps values owned by the pipeline,
+ * valid until its next generate or destroy. */
+typedef struct {
+    double text_encoder_s;
+    double unet_s;            /* sum of unet_step_s */
+    double scheduler_s;       /* scale_model_input, guidance and scheduler steps, all steps */
+    double decoder_s;
+    double total_s;
+    size_t steps;             /* denoising steps completed */
+    const double *unet_step_s;
+} sf_pipeline_timings;
+
+sf_status sf_pipeline_get_timings(const sf_pipeline *p, sf_pipeline_timings *out);
+
+/* The engine's Gaussian noise: n standard normal float32 values, a pure function of (seed,
+ * stream, index), the same on every run and thread count (with the same libm). With
+ * G = 0x9e3779b97f4a7c15 and mix = splitmix64's finalizer (z ^= z >> 30;
+ * z *= 0xbf58476d1ce4e5b9; z ^= z >> 27; z *= 0x94d049bb133111eb; z ^= z >> 31), in uint64
+ * arithmetic:
+ *   key = mix(seed + G * (stream + 1));  bits(k) = mix(key + G * (k + 1));
+ *   u(k) = ((bits(k) >> 11) + 0.5) / 2^53, in (0, 1);
+ *   values 2j and 2j+1 = r cos(2 pi u(2j+1)) and r sin(2 pi u(2j+1)), r = sqrt(-2 ln u(2j))
+ *   (Box-Muller in double, rounded to float32; an odd n drops the last sine).
+ * It does not reproduce numpy's or torch's generators. */
+sf_status sf_randn(uint64_t seed, uint64_t stream, size_t n, float *out);
 
 #ifdef __cplusplus
 }

@@ -107,7 +107,7 @@ static int sf_py_exec(PyObject *m) {
         return -1;
     if (sf_py_init_runtime(m) < 0 || sf_py_init_ops(m) < 0 || sf_py_init_attention(m) < 0 ||
         sf_py_init_xnn(m) < 0 || sf_py_init_safetensors(m) < 0 || sf_py_init_models(m) < 0 ||
-        sf_py_init_scheduler(m) < 0 || sf_py_init_quant(m) < 0)
+        sf_py_init_scheduler(m) < 0 || sf_py_init_quant(m) < 0 || sf_py_init_pipeline(m) < 0)
         return -1;
     return 0;
 }

@@ -52,5 +52,6 @@ int sf_py_init_safetensors(PyObject *module);/* py_safetensors.c: SafeTensors re
 int sf_py_init_models(PyObject *module);     /* py_models.c: UNet, VAE, TextEncoder */
 int sf_py_init_scheduler(PyObject *module);  /* py_scheduler.c: Scheduler */
 int sf_py_init_quant(PyObject *module);      /* py_quant.c: QConv2d, ActivationObserver */
+int sf_py_init_pipeline(PyObject *module);   /* py_pipeline.c: CPipeline, randn */
 
 #endif /* SF_PY_H */
