@@ -1,6 +1,9 @@
 /* sf_tensor.c — storage dtypes, conversions, and the activation arena. */
 #include <math.h>
 #include <stdlib.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <string.h>
 
 #include "sf_internal.h"
@@ -220,6 +223,11 @@ sf_status sf_arena_trim(sf_arena *a) {
     sf_free_chunks(a->head);
     a->head = NULL;
     a->used = 0;
+#ifdef __GLIBC__
+    /* glibc keeps freed heap memory (and, after large frees, serves big blocks from the heap
+     * rather than mmap): hand it back so the resident set really shrinks */
+    malloc_trim(0);
+#endif
     return SF_OK;
 }
 
