@@ -281,11 +281,13 @@ def _build(variant: str, comp: str, size: int, cache: Path, qcache: Path) -> tup
     if comp == "pipeline":  # a whole generation: text encoder, 2 UNet steps with CFG, decoder
         from snapfusion.components import TextEncoder
 
-        q = variant != "fp32"
-        te = TextEncoder(qcache / "text_encoder_int8" if variant.startswith("int8") else cache / "text_encoder")
-        unet = UNet(qcache / f"unet_{variant.split('_')[0]}" if q else cache / "unet")
-        vae = AutoencoderKL(qcache / f"vae_{variant.split('_')[0]}" if q else cache / "vae", encoder=False,
-                            strict=False)
+        q = variant.split("_")[0]
+        folders = [qcache / "text_encoder_int8" if q == "int8" else cache / "text_encoder",
+                   qcache / f"unet_{q}" if q != "fp32" else cache / "unet",
+                   qcache / f"vae_{q}" if q != "fp32" else cache / "vae"]
+        te = TextEncoder(folders[0])
+        unet = UNet(folders[1])
+        vae = AutoencoderKL(folders[2], encoder=False, strict=False)
         ids = np.full((2, 77), 49407, np.int64)
         ids[:, 0] = 49406
 
@@ -299,9 +301,6 @@ def _build(variant: str, comp: str, size: int, cache: Path, qcache: Path) -> tup
             unet.release_memory()
             vae.decode(x)
             vae.release_memory()
-        folders = [qcache / "text_encoder_int8" if variant.startswith("int8") else cache / "text_encoder",
-                   qcache / f"unet_{variant.split('_')[0]}" if q else cache / "unet",
-                   qcache / f"vae_{variant.split('_')[0]}" if q else cache / "vae"]
         return generation, folders
     if comp == "unet":
         model = UNet(folder)

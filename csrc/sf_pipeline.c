@@ -405,6 +405,13 @@ void sf_pipeline_destroy(sf_pipeline *p) {
     free(p);
 }
 
+/* Take ownership of a new scheduler in place of the current one. */
+static void replace_scheduler(sf_pipeline *p, sf_scheduler *s) {
+    sf_scheduler_destroy(p->sched);
+    p->sched = s;
+    update_scheduler_info(p);
+}
+
 sf_status sf_pipeline_set_scheduler(sf_pipeline *p, const char *class_name) {
     if (!p)
         return sf_error(SF_ERR_INVALID_ARG, "sf_pipeline_set_scheduler: p is NULL");
@@ -412,9 +419,7 @@ sf_status sf_pipeline_set_scheduler(sf_pipeline *p, const char *class_name) {
     sf_status st = make_scheduler(p, class_name, &s);
     if (st != SF_OK)
         return st;
-    sf_scheduler_destroy(p->sched);
-    p->sched = s;
-    update_scheduler_info(p);
+    replace_scheduler(p, s);
     return SF_OK;
 }
 
@@ -426,9 +431,7 @@ sf_status sf_pipeline_set_scheduler_json(sf_pipeline *p, const char *json, size_
     sf_status st = sf_scheduler_create_from_json(json, len, &s);
     if (st != SF_OK)
         return st;
-    sf_scheduler_destroy(p->sched);
-    p->sched = s;
-    update_scheduler_info(p);
+    replace_scheduler(p, s);
     return SF_OK;
 }
 

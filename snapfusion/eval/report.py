@@ -618,17 +618,18 @@ def _accuracy_wanted(setting: Any, prompts: Sequence[str]) -> bool:
     return False
 
 
-def _world_metrics(sets: dict[Any, np.ndarray], prompts: Sequence[str],
-                   reference: np.ndarray | None) -> dict[Any, dict[str, float]] | None:
+def _world_metrics(sets: dict[Any, list[np.ndarray]], prompts: Sequence[str],
+                   reference: list[np.ndarray] | None) -> dict[Any, dict[str, float]] | None:
     """World CLIP score and world-FID (``snapfusion.train.evaluate.world_metrics``), or None
-    without torch, the shipped world CLIP, or images of its size."""
+    without torch, the shipped world CLIP, or images all of its size."""
     try:
         from snapfusion.train.evaluate import world_metrics
     except ImportError:
         return None
     try:
-        return world_metrics(sets, prompts, reference)
-    except ValueError:  # images of several sizes
+        return world_metrics({k: np.stack(v) for k, v in sets.items()}, prompts,
+                             np.stack(reference) if reference is not None else None)
+    except ValueError:  # a set (or the reference) mixes image sizes
         return None
 
 
@@ -833,9 +834,8 @@ def run_evaluation(settings: EvalSettings) -> dict[str, Any]:
             bar.close()
 
     if want_accuracy:  # world captions: also the world's own metrics, where the package ships its CLIP
-        world = _world_metrics({k: np.stack(d[2]) for k, d in set_data.items()}, prompts,
-                               np.stack(load_images(v["reference_files"]))
-                               if v["reference_files"] is not None else None)
+        world = _world_metrics({k: d[2] for k, d in set_data.items()}, prompts,
+                               load_images(v["reference_files"]) if v["reference_files"] is not None else None)
         for (m, gi), w in (world or {}).items():
             results[m][gi].update(w)
 

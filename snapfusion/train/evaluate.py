@@ -32,7 +32,7 @@ class WorldEvaluator:
         n_prompts: evaluation prompts (``eval_prompts(n, seed, split)``).
         seed: prompt seed.
         split: "eval" or "heldout".
-        ref_images: real images for the FID reference statistics.
+        ref_images: real images for the FID reference statistics (0: none, no :meth:`fid`).
         image_size: side of the world images.
     """
 
@@ -47,9 +47,11 @@ class WorldEvaluator:
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.prompts, self.scenes = eval_prompts(n_prompts, seed=seed, split=split)
-        _, ref_scenes = eval_prompts(ref_images, seed=seed + 1, split=split)
-        ref = draw_scenes(ref_scenes, size=image_size)
-        self.ref_stats = activation_statistics(self.features(ref))
+        self.ref_stats = None  # without reference images: a scorer only (no fid())
+        if ref_images:
+            _, ref_scenes = eval_prompts(ref_images, seed=seed + 1, split=split)
+            ref = draw_scenes(ref_scenes, size=image_size)
+            self.ref_stats = activation_statistics(self.features(ref))
 
     @torch.no_grad()
     def features(self, images: np.ndarray, batch: int = 512) -> np.ndarray:
@@ -79,6 +81,8 @@ class WorldEvaluator:
 
         from snapfusion.eval.metrics import activation_statistics, frechet_distance
 
+        if self.ref_stats is None:
+            raise ValueError("this evaluator has no reference images (ref_images=0)")
         mu, sigma = activation_statistics(self.features(images))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -159,8 +163,7 @@ def world_metrics(sets: dict[Any, np.ndarray], captions: Sequence[str],
     arrays = {k: np.asarray(v) for k, v in sets.items()}
     if any(a.ndim != 4 or a.shape[1:] != (size, size, 3) for a in arrays.values()):
         return None
-    ev = WorldEvaluator.__new__(WorldEvaluator)  # scorer only: no evaluation prompts or drawn reference
-    ev.clip, ev.tokenizer, ev.device = clip, tok, torch.device("cpu")
+    ev = WorldEvaluator(clip, tok, "cpu", n_prompts=0, ref_images=0)  # a scorer: the reference is given
     feats = {k: ev.features(a) for k, a in arrays.items()}
     ref = ev.features(np.asarray(reference)) if reference is not None else next(iter(feats.values()))
     mu_r, sig_r = activation_statistics(ref)

@@ -51,6 +51,8 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         main(["generate", "x", "--size", "big"])
     with pytest.raises(SystemExit):
         main(["generate", "x", "--steps", "0"])
+    with pytest.raises(SystemExit):
+        main(["generate", "x", "--upscale", "0"])
 
 
 def test_selfcheck_runs() -> None:

@@ -546,6 +546,14 @@ def test_world_report(parts: dict[str, Any], tmp_path: Path) -> None:
     for name in ("report.json", "fid_vs_clip.png", "accuracy.png", "samples.png"):
         assert (out / name).stat().st_size > 0, name
     assert "teacher_50" in format_table(rep)
+    from snapfusion.train.clip import WorldCLIP
+    from snapfusion.train.evaluate import WorldEvaluator
+    from snapfusion.tokenizer import CLIPTokenizer
+
+    scorer = WorldEvaluator(WorldCLIP.load(parts["clip"]), CLIPTokenizer.from_pretrained(parts["tok"]), "cpu",
+                            n_prompts=0, ref_images=0, image_size=16)
+    with pytest.raises(ValueError, match="no reference images"):
+        scorer.fid(np.zeros((2, 16, 16, 3), np.uint8))
     # resumable: the generated images are reused, not drawn again
     cached = {p: p.stat().st_mtime_ns for p in (out / "images").glob("*.npz")}
     assert len(cached) == 6
