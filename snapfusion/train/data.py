@@ -201,6 +201,12 @@ def to_uint8_images(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB between two uint8 image arrays of the same shape (peak 255; inf if equal)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0.0 else float(10.0 * np.log10(255.0 ** 2 / mse))
+
+
 @dataclass
 class WorldBatch:
     """One batch.

@@ -23,17 +23,26 @@ from typing import Any
 import torch
 
 from .common import TrainConfig, Trainer, config_dict, load_config, setup_env, step_rng
+from .data import psnr_uint8
 from .world import LatentWorld, freeze
 
 __all__ = ["DecoderRecipeConfig", "distill_decoder", "small_vae_config"]
 
 
-def small_vae_config(config: dict[str, Any], factor: float = 0.5, groups: int | None = None) -> dict[str, Any]:
-    """The VAE config with a decoder of ``factor`` times the channels (multiples of ``groups``)."""
+def small_vae_config(config: dict[str, Any], factor: float = 0.5, groups: int | None = None,
+                     channels: list[int] | tuple[int, ...] | None = None) -> dict[str, Any]:
+    """The VAE config with a decoder of ``factor`` times the channels (multiples of ``groups``),
+    or of exactly ``channels`` (one per block, highest resolution first, as
+    ``block_out_channels``) when given."""
     cfg = {k: v for k, v in config.items()}
     chans = list(cfg.get("decoder_block_out_channels") or cfg["block_out_channels"])
     g = groups or max(1, int(cfg.get("norm_num_groups", 32) * factor))
-    small = [max(g, int(round(c * factor / g)) * g) for c in chans]
+    if channels is not None:
+        small = [int(c) for c in channels]
+        if len(small) != len(chans) or any(c <= 0 or c % g for c in small):
+            raise ValueError(f"decoder channels {small} must be {len(chans)} positive multiples of {g} groups")
+    else:
+        small = [max(g, int(round(c * factor / g)) * g) for c in chans]
     cfg["decoder_block_out_channels"] = small
     cfg["decoder_norm_num_groups"] = g
     return cfg
@@ -49,6 +58,7 @@ class DecoderRecipeConfig:
         out: output folder (small VAE in ``out/vae``).
         decoder_factor: channel factor of the small decoder.
         decoder_groups: GroupNorm groups of the small decoder (default: scaled).
+        decoder_channels: explicit channels of the small decoder (overrides ``decoder_factor``).
         n_latents: generated latents.
         gen_steps: DDIM steps of the generation.
         gen_guidance: range of CFG scales of the generation.
@@ -66,6 +76,7 @@ class DecoderRecipeConfig:
     out: str = ""
     decoder_factor: float = 0.5
     decoder_groups: int | None = None
+    decoder_channels: list[int] | None = None
     n_latents: int = 2048
     gen_steps: int = 16
     gen_guidance: tuple[float, float] = (2.0, 8.0)
@@ -153,7 +164,8 @@ def distill_decoder(cfg: DecoderRecipeConfig, device: str = "cpu", progress: boo
         if env.is_main:
             torch.save(latents.cpu(), lat_path)
     big = world.vae
-    small_cfg = small_vae_config(dict(big.config), cfg.decoder_factor, cfg.decoder_groups)
+    small_cfg = small_vae_config(dict(big.config), cfg.decoder_factor, cfg.decoder_groups,
+                                 cfg.decoder_channels)
     torch.manual_seed(tcfg.seed)
     small = AutoencoderKL(small_cfg)
     keep = {k: v for k, v in big.state_dict().items() if not k.startswith("decoder.")}
@@ -202,12 +214,29 @@ def distill_decoder(cfg: DecoderRecipeConfig, device: str = "cpu", progress: boo
                "decoder_params": sum(p.numel() for p in small.decoder.parameters()),
                "decoder_params_original": sum(p.numel() for p in big.decoder.parameters()),
                "decoder_block_out_channels": small_cfg["decoder_block_out_channels"]}
+    with trainer.ema_weights() as model:
+        summary.update(_decoder_psnr(world, big, model, latents))
     if env.is_main:
         with trainer.ema_weights() as model:
             model.save_pretrained(out / "vae")
         (out / "recipe_config.json").write_text(json.dumps(config_dict(cfg), indent=2) + "\n")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+@torch.no_grad()
+def _decoder_psnr(world: LatentWorld, big: torch.nn.Module, small: torch.nn.Module,
+                  generated: torch.Tensor, n: int = 256) -> dict[str, float]:
+    """PSNR (dB, uint8 images) of the small decoder against the original one, on generated
+    latents (the training distribution) and on latents of real world images."""
+    was_training = small.training
+    small.eval()
+    z_real, _ = world.batch(10 ** 9 + 77, n, stream=14)
+    out = {}
+    for name, z in (("psnr_vs_original_generated", generated[:n]), ("psnr_vs_original_real", z_real)):
+        out[name] = psnr_uint8(world.decode(z, small), world.decode(z, big))
+    small.train(was_training)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

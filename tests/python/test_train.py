@@ -128,6 +128,10 @@ def test_base_model_losses_fall(parts: dict[str, Any]) -> None:
     _falls(s["teacher"], 0.8)
     cfg = json.loads((Path(parts["vae"]) / "config.json").read_text())
     assert cfg["scaling_factor"] == pytest.approx(s["vae"]["scaling_factor"])
+    # the reconstruction ceiling is measured with the exact checker on held-out scenes
+    assert 0.0 < s["vae"]["recon_psnr"] < 100.0
+    acc = s["vae"]["recon_accuracy"]
+    assert acc["n"] == 256 and 0.0 <= acc["overall"] <= acc["background"] <= 1.0
     assert (Path(parts["root"]) / "teacher" / "loss.png").is_file()
     assert read_jsonl(Path(parts["root"]) / "teacher" / "log.jsonl")
 
@@ -357,10 +361,29 @@ def test_decoder_distillation(parts: dict[str, Any]) -> None:
     small = AutoencoderKL.from_pretrained(parts["root"] / "decoder" / "vae")
     assert small.config["decoder_block_out_channels"] == [8, 8]
     assert res["decoder_params"] < res["decoder_params_original"]
+    for key in ("psnr_vs_original_generated", "psnr_vs_original_real"):
+        assert 0.0 < res[key] < 100.0
     big = AutoencoderKL.from_pretrained(parts["vae"])
     for k, v in big.state_dict().items():  # the encoder is the original one
         if k.startswith("encoder."):
             assert torch.equal(v, small.state_dict()[k])
+
+
+def test_small_decoder_channels_and_psnr() -> None:
+    from snapfusion.train.data import psnr_uint8
+    from snapfusion.train.decoder import small_vae_config
+
+    base = {"block_out_channels": [32, 64, 64], "norm_num_groups": 16}
+    assert small_vae_config(base)["decoder_block_out_channels"] == [16, 32, 32]
+    cfg = small_vae_config(base, groups=8, channels=[16, 16, 32])
+    assert cfg["decoder_block_out_channels"] == [16, 16, 32] and cfg["decoder_norm_num_groups"] == 8
+    assert "decoder_block_out_channels" not in base  # the input is not changed
+    for bad in ([16, 32], [16, 12, 32], [0, 16, 32]):
+        with pytest.raises(ValueError, match="decoder channels"):
+            small_vae_config(base, groups=8, channels=bad)
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    assert psnr_uint8(a, a) == math.inf
+    assert psnr_uint8(a, a + 1) == pytest.approx(20 * math.log10(255.0))
 
 
 # ----------------------------------------------------------------------------- resume
