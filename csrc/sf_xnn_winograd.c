@@ -139,7 +139,7 @@ sf_status sf_wino_create(size_t in, size_t out, const float *weight, const float
     *out_wino = NULL;
     if (!weight || in == 0 || out == 0)
         return sf_error(SF_ERR_INVALID_ARG, "sf_wino_create: bad arguments");
-    if (!sf_mul_n_ok(&n, 3, in, out, sizeof(float)))
+    if (!sf_mul_n_ok(&n, 4, in, out, (size_t)4, sizeof(float)))
         return sf_error(SF_ERR_INVALID_ARG, "sf_wino_create: weights of %zu x %zu x 3 x 3 "
                         "floats overflow size_t", out, in);
     w = calloc(1, sizeof *w);
@@ -161,21 +161,23 @@ sf_status sf_wino_create(size_t in, size_t out, const float *weight, const float
         memcpy(w->bias, bias, out * sizeof(float));
     else
         memset(w->bias, 0, out * sizeof(float));
-    /* U[k][o][c] = (G g[o][c] G^T)[i][j], k = 4i + j, in double; one position at a time, packed
+    /* U[k][o][c] = (G g[o][c] G^T)[i][j], k = 4i + j, in double (exact but for the last
+     * rounding to float); one row i of positions at a time (one pass over the weights), packed
      * (as the (out, in, 1, 1) weights of a 1x1 convolution) before the next */
-    for (int k = 0; k < 16; k++) {
-        const int i = k / 4, j = k % 4;
+    for (int i = 0; i < 4; i++) {
         for (size_t o = 0; o < out; o++)
             for (size_t c = 0; c < in; c++) {
                 const float *g = weight + (o * in + c) * 9;
-                double acc = 0.0;
-                for (int b = 0; b < 3; b++) {
-                    double row = G[i][0] * g[b] + G[i][1] * g[3 + b] + G[i][2] * g[6 + b];
-                    acc += row * G[j][b];
-                }
-                u[o * in + c] = (float)acc;
+                double r[3];
+                for (int b = 0; b < 3; b++)
+                    r[b] = G[i][0] * g[b] + G[i][1] * g[3 + b] + G[i][2] * g[6 + b];
+                for (int j = 0; j < 4; j++)
+                    u[(size_t)j * in * out + o * in + c] =
+                        (float)(G[j][0] * r[0] + G[j][1] * r[1] + G[j][2] * r[2]);
             }
-        SF_CHECK(sf_gemm_create(in, out, 1, 1, u, NULL, -INFINITY, INFINITY, &w->gemm[k]));
+        for (int j = 0; j < 4; j++)
+            SF_CHECK(sf_gemm_create(in, out, 1, 1, u + (size_t)j * in * out, NULL, -INFINITY,
+                                    INFINITY, &w->gemm[4 * i + j]));
     }
     free(u);
     *out_wino = w;
