@@ -14,12 +14,14 @@
  *   V: [16][cap][in]   transformed input, row t of plane k = position k of tile t
  *   M: [16][cap][out]  GEMM results
  * Each plane is the (rows x channels) input or output of a 1x1 "convolution" for sf_gemm_run.
- * A run goes chunk by chunk, each in three parallel steps on the pool: the input transform
- * (one task per tile), the 16 GEMMs (one task per GEMM and block of 96 rows, GEMM-major so that
- * a thread keeps one matrix of weights in its L2 over consecutive tasks; each task runs the GEMM
- * on its thread), and the output transform (one task per tile). The channel loops of the
- * transforms use AVX-512 for blocks of 16 channels and plain C for the rest (and everywhere on
- * other CPUs). Every output is computed the same way whatever the thread count and chunking.
+ * A run is one pool call: each thread takes chunks of tiles from a shared counter and does each
+ * whole (input transform, the 16 GEMMs on its own thread, output transform) in its own scratch,
+ * so that threads never wait for each other before the end (a first version with three
+ * parallel steps per chunk ran 2-5x slower than the direct convolution on 2 threads when the
+ * machine was shared: every step waited for the slowest, or a descheduled, thread). The
+ * channel loops of the transforms use AVX-512 for blocks of 16 channels and plain C for the
+ * rest (and everywhere on other CPUs). Every output is computed the same way whatever the
+ * thread count and chunking.
  */
 #include <math.h>
 #include <pthread.h>
@@ -36,17 +38,18 @@
 #define SF_WINO_X86 0
 #endif
 
-/* GEMM rows (tiles) per task: the own GEMM's block of output rows (8 register tiles of 12). */
+/* Chunks of tiles (rows of the 16 GEMMs), a multiple of the GEMM's 12-row register tiles: as
+ * many as fit in SF_WINO_SCRATCH bytes of V and M per thread, within [SF_WINO_MIN_TILES,
+ * SF_WINO_MAX_TILES] (96 is the GEMM's block of rows; each chunk reads all 16 weight matrices
+ * once). Measured on one thread: 48 to 192 tiles within 5 % for 320 to 640 channels, but 1920
+ * -> 640 channels 12 % slower at 48 than at 96 tiles and 33 % at 24; 8 MB gives 96 tiles up to
+ * 640 + 640 channels and 48 at 1920 + 640. */
 #define SF_WINO_MR 12
-#define SF_WINO_ROWS 96
-/* Target size of the scratch (V and M of one chunk); a chunk holds at least SF_WINO_ROWS tiles
- * even when that needs more (16 * 96 * (in + out) floats: 7.9 MB at 640 + 640 channels), and
- * more with many threads (see sf_wino_run). Measured on one thread, 256 KB to 8 MB are within
- * 5 % of each other on SD's shapes from 256 to 512 channels; at 128 channels 1-2 MB (the L2 size
- * of the Xeon measured) were 10 % faster than 8 MB. */
 #ifndef SF_WINO_SCRATCH
-#define SF_WINO_SCRATCH ((size_t)2 << 20)
+#define SF_WINO_SCRATCH ((size_t)8 << 20)
 #endif
+#define SF_WINO_MIN_TILES 48
+#define SF_WINO_MAX_TILES 96
 
 struct sf_wino {
     size_t in, out;
@@ -319,18 +322,17 @@ typedef struct {
     const float *x;
     float *y;
     size_t tiles_w, tiles_plane; /* tiles per row, per image */
-    size_t t0, nt;               /* the chunk: tiles [t0, t0 + nt) */
-    size_t cap;                  /* rows per plane of v and m */
-    size_t m_tiles, n_blocks;    /* the chunk's register tiles of 12 rows, and blocks of them */
-    float *v, *m;
-    atomic_int failed;
+    size_t n_tiles, chunk, n_chunks;
+    size_t scratch_bytes;        /* per thread: V and M of one chunk */
+    atomic_size_t next;          /* next chunk */
+    atomic_size_t done;          /* chunks completed */
 } sf_wino_ctx;
 
-static void sf_wino_input_task(void *arg, size_t i) {
-    sf_wino_ctx *ctx = arg;
+/* V (plane k at v + k * cap * in, row i) of tile t. */
+static void sf_wino_input_tile(const sf_wino_ctx *ctx, size_t t, float *v, size_t cap) {
     const sf_wino *w = ctx->w;
     const sf_gemm_geometry *geo = ctx->geo;
-    const size_t t = ctx->t0 + i, in = w->in;
+    const size_t in = w->in;
     const size_t b = t / ctx->tiles_plane, ty = t % ctx->tiles_plane / ctx->tiles_w;
     const size_t tx = t % ctx->tiles_w;
     const ptrdiff_t iy0 = (ptrdiff_t)(2 * ty) - (ptrdiff_t)geo->pad_top;
@@ -344,38 +346,19 @@ static void sf_wino_input_task(void *arg, size_t i) {
                                ? w->zeros
                                : img + ((size_t)iy * geo->w + (size_t)ix) * in;
         }
-    float *d = ctx->v + i * in;
-    const size_t ps = ctx->cap * in;
     size_t done = 0;
 #if SF_WINO_X86
     if (w->avx512)
-        done = sf_wino_input_avx512(s, d, ps, in);
+        done = sf_wino_input_avx512(s, v, cap * in, in);
 #endif
-    sf_wino_input_c(s, d, ps, done, in);
+    sf_wino_input_c(s, v, cap * in, done, in);
 }
 
-static void sf_wino_gemm_task(void *arg, size_t item) {
-    sf_wino_ctx *ctx = arg;
-    const sf_wino *w = ctx->w;
-    const size_t k = item / ctx->n_blocks, blk = item % ctx->n_blocks;
-    size_t r0 = blk * ctx->m_tiles / ctx->n_blocks * SF_WINO_MR;
-    size_t r1 = (blk + 1) * ctx->m_tiles / ctx->n_blocks * SF_WINO_MR;
-    if (r1 > ctx->nt)
-        r1 = ctx->nt;
-    if (r0 >= r1)
-        return;
-    sf_gemm_geometry g = {1, r1 - r0, 1, r1 - r0, 1, 1, 1, 0, 0};
-    const float *a = ctx->v + (k * ctx->cap + r0) * w->in;
-    float *c = ctx->m + (k * ctx->cap + r0) * w->out;
-    if (sf_gemm_run(w->gemm[k], &g, a, c, NULL) != SF_OK)
-        atomic_store_explicit(&ctx->failed, 1, memory_order_relaxed);
-}
-
-static void sf_wino_output_task(void *arg, size_t i) {
-    sf_wino_ctx *ctx = arg;
+/* The outputs of tile t from M (plane k at m + k * cap * out, row i). */
+static void sf_wino_output_tile(const sf_wino_ctx *ctx, size_t t, const float *m, size_t cap) {
     const sf_wino *w = ctx->w;
     const sf_gemm_geometry *geo = ctx->geo;
-    const size_t t = ctx->t0 + i, out = w->out;
+    const size_t out = w->out;
     const size_t b = t / ctx->tiles_plane, ty = t % ctx->tiles_plane / ctx->tiles_w;
     const size_t tx = t % ctx->tiles_w;
     float *img = ctx->y + b * geo->out_h * geo->out_w * out;
@@ -387,14 +370,44 @@ static void sf_wino_output_task(void *arg, size_t i) {
                                ? img + (oy * geo->out_w + ox) * out
                                : NULL;
         }
-    const float *m = ctx->m + i * out;
-    const size_t ps = ctx->cap * out;
     size_t done = 0;
 #if SF_WINO_X86
     if (w->avx512)
-        done = sf_wino_output_avx512(m, ps, y, w->bias, w->clamp, w->out_min, w->out_max, out);
+        done = sf_wino_output_avx512(m, cap * out, y, w->bias, w->clamp, w->out_min, w->out_max,
+                                     out);
 #endif
-    sf_wino_output_c(m, ps, y, w->bias, w->clamp, w->out_min, w->out_max, done, out);
+    sf_wino_output_c(m, cap * out, y, w->bias, w->clamp, w->out_min, w->out_max, done, out);
+}
+
+/* One pool task: chunks taken from a shared counter, each done whole on this thread (input
+ * transform, 16 GEMMs, output transform) in this thread's scratch: no waiting on other threads
+ * between the steps, and a thread that starts late or runs slower takes fewer chunks. */
+static void sf_wino_worker(void *arg, size_t worker) {
+    sf_wino_ctx *ctx = arg;
+    const sf_wino *w = ctx->w;
+    const size_t cap = ctx->chunk;
+    (void)worker;
+    float *v = sf_wino_scratch(ctx->scratch_bytes);
+    if (!v)
+        return; /* the other workers take the chunks; sf_wino_run reports if none could */
+    float *m = v + 16 * cap * w->in;
+    for (;;) {
+        size_t c = atomic_fetch_add_explicit(&ctx->next, 1, memory_order_relaxed);
+        if (c >= ctx->n_chunks)
+            break;
+        const size_t t0 = c * cap;
+        const size_t nt = ctx->n_tiles - t0 < cap ? ctx->n_tiles - t0 : cap;
+        for (size_t i = 0; i < nt; i++)
+            sf_wino_input_tile(ctx, t0 + i, v + i * w->in, cap);
+        sf_gemm_geometry g = {1, nt, 1, nt, 1, 1, 1, 0, 0};
+        for (int k = 0; k < 16; k++)
+            if (sf_gemm_run(w->gemm[k], &g, v + k * cap * w->in, m + k * cap * w->out, NULL) !=
+                SF_OK)
+                return; /* out of memory for this thread's packing buffer */
+        for (size_t i = 0; i < nt; i++)
+            sf_wino_output_tile(ctx, t0 + i, m + i * w->out, cap);
+        atomic_fetch_add_explicit(&ctx->done, 1, memory_order_relaxed);
+    }
 }
 
 sf_status sf_wino_run(const sf_wino *w, const sf_gemm_geometry *geo, const float *x, float *y,
@@ -414,37 +427,35 @@ sf_status sf_wino_run(const sf_wino *w, const sf_gemm_geometry *geo, const float
     ctx.tiles_w = (geo->out_w + 1) / 2;
     ctx.tiles_plane = (geo->out_h + 1) / 2 * ctx.tiles_w;
     /* at most one tile per output pixel: no overflow (the output's size was checked) */
-    const size_t n_tiles = geo->batch * ctx.tiles_plane;
+    ctx.n_tiles = geo->batch * ctx.tiles_plane;
     const size_t tile_bytes = 16 * (w->in + w->out) * sizeof(float);
-    const size_t threads = pool ? pthreadpool_get_threads_count(pool) : 1;
-    /* chunks of up to SF_WINO_SCRATCH bytes, but at least a block of GEMM rows per 4 threads
-     * (16 GEMM tasks per block: about 4 per thread, to balance the threads' shares) */
-    const size_t min_cap = SF_WINO_ROWS * ((threads + 3) / 4);
-    size_t cap = SF_WINO_SCRATCH / tile_bytes / SF_WINO_ROWS * SF_WINO_ROWS;
-    if (cap < min_cap)
-        cap = min_cap;
-    /* chunks of equal size (a multiple of 12 rows) */
-    const size_t n_chunks = (n_tiles + cap - 1) / cap;
-    cap = ((n_tiles + n_chunks - 1) / n_chunks + SF_WINO_MR - 1) / SF_WINO_MR * SF_WINO_MR;
-    ctx.cap = cap;
-    float *scratch = sf_wino_scratch(cap * tile_bytes);
-    if (!scratch)
-        return sf_error(SF_ERR_OOM, "sf_wino_run: out of memory (%zu bytes of scratch)",
-                        cap * tile_bytes);
-    ctx.v = scratch;
-    ctx.m = scratch + 16 * cap * w->in;
-    atomic_init(&ctx.failed, 0);
-    for (size_t t0 = 0; t0 < n_tiles; t0 += cap) {
-        ctx.t0 = t0;
-        ctx.nt = n_tiles - t0 < cap ? n_tiles - t0 : cap;
-        ctx.m_tiles = (ctx.nt + SF_WINO_MR - 1) / SF_WINO_MR;
-        ctx.n_blocks = (ctx.nt + SF_WINO_ROWS - 1) / SF_WINO_ROWS;
-        pthreadpool_parallelize_1d(pool, sf_wino_input_task, &ctx, ctx.nt, 0);
-        pthreadpool_parallelize_1d(pool, sf_wino_gemm_task, &ctx, 16 * ctx.n_blocks, 0);
-        if (atomic_load_explicit(&ctx.failed, memory_order_relaxed))
-            return sf_error(SF_ERR_OOM, "sf_wino_run: the GEMM failed (out of memory for a "
-                            "thread's packing buffer?)");
-        pthreadpool_parallelize_1d(pool, sf_wino_output_task, &ctx, ctx.nt, 0);
-    }
+    size_t threads = pool ? pthreadpool_get_threads_count(pool) : 1;
+    if (threads < 1)
+        threads = 1;
+    /* chunks: what fits in SF_WINO_SCRATCH, within [SF_WINO_MIN_TILES, SF_WINO_MAX_TILES]
+     * tiles; their number rounded up to a multiple of the thread count (equal shares, down to
+     * one register tile of 12 rows per chunk), then their size evened out */
+    size_t chunk = SF_WINO_SCRATCH / tile_bytes / SF_WINO_MR * SF_WINO_MR;
+    chunk = chunk < SF_WINO_MIN_TILES ? SF_WINO_MIN_TILES
+            : chunk > SF_WINO_MAX_TILES ? SF_WINO_MAX_TILES : chunk;
+    size_t n_chunks = (ctx.n_tiles + chunk - 1) / chunk;
+    const size_t most = (ctx.n_tiles + SF_WINO_MR - 1) / SF_WINO_MR;
+    n_chunks = (n_chunks + threads - 1) / threads * threads;
+    if (n_chunks > most)
+        n_chunks = most;
+    chunk = ((ctx.n_tiles + n_chunks - 1) / n_chunks + SF_WINO_MR - 1) / SF_WINO_MR * SF_WINO_MR;
+    ctx.chunk = chunk;
+    ctx.n_chunks = (ctx.n_tiles + chunk - 1) / chunk;
+    ctx.scratch_bytes = chunk * tile_bytes;
+    atomic_init(&ctx.next, 0);
+    atomic_init(&ctx.done, 0);
+    const size_t workers = ctx.n_chunks < threads ? ctx.n_chunks : threads;
+    if (workers > 1)
+        pthreadpool_parallelize_1d(pool, sf_wino_worker, &ctx, workers, 0);
+    else
+        sf_wino_worker(&ctx, 0);
+    if (atomic_load(&ctx.done) != ctx.n_chunks)
+        return sf_error(SF_ERR_OOM, "sf_wino_run: out of memory (%zu bytes of scratch per "
+                        "thread, or the GEMM's packing buffer)", ctx.scratch_bytes);
     return SF_OK;
 }

@@ -38,9 +38,9 @@ sf_status sf_wino_create(size_t in, size_t out, const float *weight, const float
                          float out_min, float out_max, sf_wino **out_wino);
 
 /* y = conv3x3(x), stride 1, on `pool` (NULL: the calling thread); geo->stride_h/stride_w must
- * be 1, sizes were validated by the caller. The scratch (about 2 MB; more for very wide layers
- * or many threads, see SF_WINO_SCRATCH) belongs to the calling thread: allocated on its first
- * use, grown to the largest size needed, freed when the thread exits. */
+ * be 1, sizes were validated by the caller. Each thread that takes part computes in its own
+ * scratch (up to about 8 MB, see SF_WINO_SCRATCH): allocated on the thread's first use, grown
+ * to the largest size needed, freed when the thread exits. */
 sf_status sf_wino_run(const sf_wino *w, const sf_gemm_geometry *geo, const float *x, float *y,
                       pthreadpool_t pool);
 

@@ -352,7 +352,7 @@ static void test_winograd(void) {
         {2, 6, 5, 20, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1, -0.5f, 0.75f},  /* clamp */
         {1, 3, 4, 32, 32, 3, 3, 1, 1, 0, 1, 0, 1, 1, -INFINITY, INFINITY}, /* kernel == h */
         {1, 5, 5, 600, 45, 3, 3, 1, 1, 1, 1, 1, 1, 1, -INFINITY, INFINITY}, /* 2 k-blocks */
-        {2, 48, 47, 48, 80, 3, 3, 1, 1, 1, 1, 1, 1, 1, -INFINITY, INFINITY}, /* 2 chunks */
+        {2, 48, 47, 48, 80, 3, 3, 1, 1, 1, 1, 1, 1, 1, -INFINITY, INFINITY}, /* 12 chunks */
         {3, 5, 7, 4, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, -INFINITY, INFINITY}, /* 4 channels */
     };
     const char *modes[] = {"force", NULL};
