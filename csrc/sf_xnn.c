@@ -46,12 +46,14 @@
  * direct ones, so it is kept to the layers where most of the spatial work is (SD's UNet at
  * 320/640 channels, 64x64 and 32x32 latents; the VAE decoder, <= 512 channels) and not given to
  * the 1280-channel layers, which hold most of the UNet's weights and run at 8x8 and 16x16.
- * Such a layer keeps only the Winograd weights (extra memory: 7/9 of its direct weights; for
- * SD-v1.5: the UNet's 22 such layers hold 71.9 M of its 860 M weights, +213 MiB or 6.5 %; the
- * VAE decoder's 31 layers 48.2 M of its 49.5 M, +143 MiB) and
- * runs Winograd at every size: measured on one thread, it is 1.2-1.5x faster than the direct
- * GEMM from 6x6 and 8x8 outputs, 1.5-2.2x from 16x16, equal at 4x4 and only slower (by about
- * 0.2-1 ms per call) on outputs of 3x3 pixels or fewer, which SD never has at these widths.
+ * Such a layer keeps only the Winograd weights: 7/9 more memory than the direct ones. For
+ * SD-v1.5, the UNet's 22 such layers hold 71.9 M of its 860 M weights (+213 MiB, 6.5 %; 238 of
+ * its 400 GMAC of 3x3 convolutions per 512x512 step at batch 2), the VAE decoder's 31 layers
+ * 48.2 M of its 49.5 M (+143 MiB). Winograd then runs at every output size: measured on one
+ * thread (Xeon, AVX-512) it is 1.6-2.0x faster than the direct GEMM from 16x16 outputs (VAE
+ * decoder shapes 1.55-1.8x), 1.1-1.4x at 8x8, and slower below (0.77x at 4x4, 0.5x at 2x2:
+ * 1-3 ms per call at 640 channels), sizes at which SD does not run these layers (the smallest
+ * is 640 -> 1280 channels at 8x8 for 256x256 images).
  * SNAPFUSION_WINOGRAD=0 in the environment (read when an operator is created) disables it;
  * SNAPFUSION_WINOGRAD=force uses it for every dense 3x3 stride-1 layer on the own GEMM (tests,
  * benchmarks). */

@@ -11,9 +11,12 @@
  *
  * Numerics: the transforms only add and subtract (the 1/2 factors of G are folded into the
  * weights, computed in double), so an input value reaches exactly the outputs whose 3x3 window
- * covers it, as in the direct convolution: NaN propagates to the same outputs. The rounding
- * error is somewhat larger than the direct convolution's (a few ulps of the largest partial
- * sums, measured in tests/c/test_xnn.c).
+ * covers it, as in the direct convolution: NaN propagates to the same outputs (an infinite
+ * input makes the same outputs non-finite, some NaN where the direct sum gives inf). Rounding: the
+ * transforms add a few roundings, but each GEMM sums `in` products instead of 9 * in; against
+ * a float64 convolution on standard-normal data (SD shapes, 320 to 1920 channels) the largest
+ * error was 1.8e-6 x max |y|, against 4.9e-6 for the direct GEMM and 4.4e-6 for PyTorch's
+ * float32 convolution.
  */
 #ifndef SF_XNN_WINOGRAD_H
 #define SF_XNN_WINOGRAD_H
