@@ -98,6 +98,9 @@ static size_t count_nan(const float *a, size_t n) {
     return k;
 }
 
+/* Largest err / max |ref| seen by check_conv (reported by test_winograd). */
+static double worst_rel_err = 0.0;
+
 static void set_backend(int xnnpack) {
     if (xnnpack)
         setenv("SNAPFUSION_GEMM", "xnnpack", 1);
@@ -153,6 +156,8 @@ static void check_conv(const conv_case *c, int xnnpack, size_t nan_every) {
     double tol = 1e-5 * (max_abs_finite(ref, ny) + 1e-30);
     double err = max_diff(y, ref, ny);
     EXPECT(err <= tol);
+    if (err / (max_abs_finite(ref, ny) + 1e-30) > worst_rel_err)
+        worst_rel_err = err / (max_abs_finite(ref, ny) + 1e-30);
     if (!(err <= tol))
         fprintf(stderr, "  conv %zux%zux%zux%zu -> %zu, k%ux%u s%ux%u pad(%u,%u,%u,%u) g%u "
                 "[%s]: max err %g (tol %g)\n", c->batch, c->h, c->w, c->in, c->out, c->kh,
@@ -303,6 +308,126 @@ static void test_nan(void) {
     set_backend(0);
 }
 
+/* SNAPFUSION_WINOGRAD for the layers created next (NULL: unset). */
+static void set_winograd(const char *mode) {
+    if (mode)
+        setenv("SNAPFUSION_WINOGRAD", mode, 1);
+    else
+        unsetenv("SNAPFUSION_WINOGRAD");
+}
+
+/* Run one dense 3x3 layer with the given SNAPFUSION_WINOGRAD into y (NULL on failure). */
+static void run_conv_mode(const conv_case *c, const char *mode, const float *x, const float *wt,
+                          const float *bias, float *y) {
+    sf_conv2d_params p;
+    sf_conv2d_params_default(&p);
+    p.in_channels = c->in;
+    p.out_channels = c->out;
+    p.kernel_h = p.kernel_w = 3;
+    p.pad_top = c->pt;
+    p.pad_left = c->pl;
+    p.pad_bottom = c->pb;
+    p.pad_right = c->pr;
+    sf_conv2d *conv = NULL;
+    set_winograd(mode);
+    EXPECT_OK(sf_conv2d_create(&p, wt, bias, &conv));
+    set_winograd(NULL);
+    if (conv)
+        EXPECT_OK(sf_conv2d_run(conv, x, c->batch, c->h, c->w, y));
+    sf_conv2d_destroy(conv);
+}
+
+static void test_winograd(void) {
+    /* Winograd F(2x2, 3x3) on dense 3x3 stride-1 layers (forced at every size, and the default
+     * choice), against the naive loops: odd sizes, partial edge tiles, 1x1 and 2x3 images,
+     * padding 0/1/2 and asymmetric, channels that are not multiples of 16, clamp, NaN. */
+    const conv_case cases[] = {
+        /* batch h w in out  kh kw sh sw pt pl pb pr groups lo hi */
+        {3, 7, 9, 33, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1, -INFINITY, INFINITY},
+        {1, 1, 1, 35, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, -INFINITY, INFINITY},
+        {2, 2, 3, 20, 48, 3, 3, 1, 1, 1, 1, 1, 1, 1, -INFINITY, INFINITY},
+        {1, 5, 4, 17, 33, 3, 3, 1, 1, 0, 0, 0, 0, 1, -INFINITY, INFINITY},
+        {2, 9, 6, 40, 36, 3, 3, 1, 1, 0, 2, 1, 0, 1, -INFINITY, INFINITY},
+        {1, 8, 7, 48, 64, 3, 3, 1, 1, 2, 1, 0, 2, 1, -INFINITY, INFINITY},
+        {2, 6, 5, 20, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1, -0.5f, 0.75f},  /* clamp */
+        {1, 3, 4, 32, 32, 3, 3, 1, 1, 0, 1, 0, 1, 1, -INFINITY, INFINITY}, /* kernel == h */
+        {1, 5, 5, 600, 45, 3, 3, 1, 1, 1, 1, 1, 1, 1, -INFINITY, INFINITY}, /* 2 k-blocks */
+        {2, 48, 47, 48, 80, 3, 3, 1, 1, 1, 1, 1, 1, 1, -INFINITY, INFINITY}, /* 12 chunks */
+        {3, 5, 7, 4, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, -INFINITY, INFINITY}, /* 4 channels */
+    };
+    const char *modes[] = {"force", NULL};
+    worst_rel_err = 0.0;
+    for (size_t m = 0; m < 2; m++)
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            set_winograd(modes[m]);
+            check_conv(&cases[i], 0, 0);
+        }
+    const conv_case nan_cases[] = {
+        {1, 10, 7, 16, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1, -INFINITY, INFINITY},
+        {2, 9, 8, 35, 32, 3, 3, 1, 1, 0, 1, 2, 0, 1, -INFINITY, INFINITY},
+        {1, 7, 7, 24, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, -1.0f, 1.0f},
+    };
+    for (size_t i = 0; i < sizeof nan_cases / sizeof nan_cases[0]; i++) {
+        set_winograd("force");
+        check_conv(&nan_cases[i], 0, nan_cases[i].h * nan_cases[i].w * nan_cases[i].in / 2 + 3);
+    }
+    fprintf(stderr, "  winograd: largest error %.3g x max |reference| (tolerance 1e-5)\n",
+            worst_rel_err);
+    /* NaN in every position of a tile in turn (corners, edges, centre): exactly the outputs
+     * whose window covers it become NaN */
+    {
+        const conv_case c = {1, 6, 6, 32, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, -INFINITY, INFINITY};
+        size_t nx = 6 * 6 * 32, ny = 6 * 6 * 32;
+        float *x = random_f32(nx), *wt = random_f32(32 * 32 * 9), *y = alloc_f32(ny);
+        float *ref = alloc_f32(ny);
+        if (!x || !wt || !y || !ref) {
+            EXPECT(!"out of memory");
+        } else {
+            for (size_t pix = 0; pix < 36; pix++) {
+                float keep = x[pix * 32 + 7];
+                x[pix * 32 + 7] = NAN;
+                conv_ref(&c, x, wt, NULL, 6, 6, ref);
+                run_conv_mode(&c, "force", x, wt, NULL, y);
+                EXPECT(count_nan(ref, ny) > 0);
+                EXPECT(max_diff(y, ref, ny) <= 1e-5 * max_abs_finite(ref, ny));
+                x[pix * 32 + 7] = keep;
+            }
+        }
+        free(x);
+        free(wt);
+        free(y);
+        free(ref);
+    }
+    /* the switch: SNAPFUSION_WINOGRAD=0 gives the direct convolution, the default gives
+     * Winograd (different roundings: not bit-identical) where the GEMM is used */
+    {
+        const conv_case c = {1, 9, 9, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, -INFINITY, INFINITY};
+        size_t nx = 9 * 9 * 64, ny = 9 * 9 * 64;
+        float *x = random_f32(nx), *wt = random_f32(64 * 64 * 9), *bias = random_f32(64);
+        float *y0 = alloc_f32(ny), *y1 = alloc_f32(ny), *y2 = alloc_f32(ny);
+        if (!x || !wt || !bias || !y0 || !y1 || !y2) {
+            EXPECT(!"out of memory");
+        } else {
+            run_conv_mode(&c, "0", x, wt, bias, y0);
+            run_conv_mode(&c, NULL, x, wt, bias, y1);
+            run_conv_mode(&c, "force", x, wt, bias, y2);
+            EXPECT(memcmp(y1, y2, ny * sizeof(float)) == 0);
+            sf_cpu_features f;
+            sf_get_cpu_features(&f);
+            if (f.avx512f)
+                EXPECT(memcmp(y0, y1, ny * sizeof(float)) != 0);
+            EXPECT(max_diff(y0, y1, ny) <= 1e-5 * max_abs(y0, ny));
+        }
+        free(x);
+        free(wt);
+        free(bias);
+        free(y0);
+        free(y1);
+        free(y2);
+    }
+    set_winograd(NULL);
+}
+
 static void test_bad_args(void) {
     float wt[2 * 3 * 3 * 3] = {0}, x[64] = {0}, y[64];
     sf_conv2d_params p;
@@ -397,6 +522,7 @@ int main(void) {
     test_conv_shapes();
     test_linear_shapes();
     test_nan();
+    test_winograd();
     test_bad_args();
     return sf_test_finish("test_xnn");
 }

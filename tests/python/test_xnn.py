@@ -93,6 +93,66 @@ def test_conv2d_matches_torch(case, backend: str, threads: int) -> None:
         assert_close(conv(x[1:2]), ref[1:2])
 
 
+# Dense 3x3 stride-1 layers: Winograd F(2x2, 3x3) on the own GEMM (SNAPFUSION_WINOGRAD unset:
+# where the size heuristic picks it; "force": always; "0": the direct convolution).
+WINOGRAD_CASES = [
+    # (batch, h, w, in, out, padding (top, left, bottom, right), bias)
+    (3, 7, 9, 33, 40, (1, 1, 1, 1), True),    # odd sizes: partial tiles at both edges
+    (1, 1, 1, 35, 32, (1, 1, 1, 1), True),    # 1x1 image
+    (2, 2, 3, 20, 48, (1, 1, 1, 1), False),   # 2x3 image, 20 input channels
+    (1, 5, 4, 17, 33, (0, 0, 0, 0), True),    # no padding
+    (2, 9, 6, 40, 36, (0, 2, 1, 0), True),    # asymmetric padding
+    (1, 8, 7, 48, 64, (2, 1, 0, 2), False),   # padding 2
+    (2, 17, 15, 64, 96, (1, 1, 1, 1), True),
+    (1, 13, 11, 600, 45, (1, 1, 1, 1), True),  # reduction over two GEMM blocks
+    (1, 40, 40, 40, 72, (1, 1, 1, 1), True),  # several chunks of tiles at 2 threads
+]
+
+
+@pytest.fixture(params=["0", "auto", "force"])
+def winograd(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Sets SNAPFUSION_WINOGRAD for the layers created in a test (read at creation)."""
+    if request.param == "auto":
+        monkeypatch.delenv("SNAPFUSION_WINOGRAD", raising=False)
+    else:
+        monkeypatch.setenv("SNAPFUSION_WINOGRAD", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=[str(i) for i in range(len(WINOGRAD_CASES))])
+def test_conv2d_winograd_matches_torch(case, winograd: str, threads: int) -> None:
+    batch, h, w, cin, cout, padding, has_bias = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x = rng.standard_normal((batch, h, w, cin), dtype=np.float32)
+    wt = rng.standard_normal((cout, cin, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(cout, dtype=np.float32) if has_bias else None
+    ref = torch_conv(x, wt, b, 1, padding, 1)
+    conv = _engine.Conv2d(wt, b, padding=padding)
+    y = conv(x)
+    assert_close(y, ref)
+    assert np.array_equal(conv(x), y)  # deterministic
+    if batch > 1:  # one image alone gives the same bits as in the batch
+        assert np.array_equal(conv(x[1:2]), y[1:2])
+
+
+def test_conv2d_winograd_nan_and_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    wt = rng.standard_normal((40, 24, 3, 3), dtype=np.float32)
+    x = rng.standard_normal((2, 9, 10, 24), dtype=np.float32)
+    # NaN at a corner, an edge and inside, in both images
+    x[0, 0, 0, 3] = x[0, 4, 9, 0] = x[1, 5, 4, 23] = x[1, 8, 9, 7] = np.nan
+    ref = torch_conv(x, wt, None, 1, 1, 1)
+    ys = {}
+    for mode in ["0", "force"]:
+        monkeypatch.setenv("SNAPFUSION_WINOGRAD", mode)
+        ys[mode] = y = _engine.Conv2d(wt, padding=1)(x)
+        assert np.array_equal(np.isnan(y), np.isnan(ref))
+        ok = ~np.isnan(ref)
+        assert np.max(np.abs(y[ok] - ref[ok])) <= REL * np.max(np.abs(ref[ok]))
+    if _engine.cpu_features()["avx512f"]:  # the own GEMM: Winograd rounds differently
+        assert not np.array_equal(ys["0"], ys["force"], equal_nan=True)
+
+
 def test_layers_count_multiply_accumulates() -> None:
     conv = _engine.Conv2d(np.ones((40, 6, 3, 3), np.float32), stride=2, padding=1, groups=2)
     lin = _engine.Linear(np.ones((33, 24), np.float32))
