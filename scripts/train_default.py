@@ -35,7 +35,8 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-STAGES = ("tokenizer", "pool", "clip", "vae", "teacher", "robust", "evolve", "distill", "decoder", "export")
+STAGES = ("tokenizer", "pool", "clip", "vae", "teacher", "robust", "evolve", "distill", "decoder", "export",
+          "distill_more")
 #: Share of the remaining time per training stage (tokenizer and pool take what they need; the
 #: export stage, with the final evaluation, gets the fixed EXPORT_RESERVE).
 SHARES = {"clip": 0.07, "vae": 0.12, "teacher": 0.40, "robust": 0.07, "evolve": 0.12, "distill": 0.15,
@@ -272,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-table", default=None, help="per-block latency table JSON for evolution")
     p.add_argument("--measure-latency", action="store_true", help="measure the table with the engine")
     p.add_argument("--latency-budget", type=float, default=0.5, help="evolved UNet latency / teacher's")
+    p.add_argument("--distill-more", type=float, default=0.0, metavar="MINUTES",
+                   help="after the export, distil the exported student MINUTES more (outside the budget; "
+                        "it can also be asked for on a finished run) and export it again")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--ship", action="store_true",
                    help="at the end, copy the model into snapfusion/models/ (the package's default) and the "
@@ -517,6 +521,32 @@ def main(argv: list[str] | None = None) -> int:
             res["pipeline"] = f"failed: {type(exc).__name__}: {exc}"
         return res
 
+    def st_distill_more(_: float) -> dict[str, Any]:
+        # more step distillation of the exported student, on the run's pool, with a fresh data
+        # seed; the export is redone with the same recommended settings
+        from snapfusion.train.distill import DistillRecipeConfig, distill
+        from snapfusion.train.export import export_pipeline, folder_size_bytes
+
+        tcfg = _train_cfg(prof, "distill", 60.0 * args.distill_more, seed + 1, overhead, log_every)
+        cfg = DistillRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
+                                  teacher=paths["teacher"], student=paths["student"],
+                                  out=str(out / "distill_more"), data=data, train=tcfg)
+        summary = distill(cfg, args.device, progress, world=world())
+        best = float(final["guidance_scale"])
+        unet = str(out / "distill_more" / "unet")
+        summary["after"] = quick_eval(unet, steps=8, guidance=best, vae_dir=paths["small_vae"])
+        summary["before"] = final["student_sweep"][str(final["guidance_scale"])] \
+            if str(final["guidance_scale"]) in final.get("student_sweep", {}) else None
+        info = {"num_inference_steps": 8, "guidance_scale": best, "world_metrics": summary["after"],
+                "trained_with": f"scripts/train_default.py --distill-more {args.distill_more:g}",
+                "budget_minutes": args.budget_minutes, "distill_more_minutes": args.distill_more,
+                "device": args.device}
+        folder = export_pipeline(paths["model"], tok_dir, paths["text_encoder"], unet, paths["small_vae"],
+                                 info=info)
+        summary["bytes"] = folder_size_bytes(folder)
+        summary.update(check_engine(folder, best))
+        return summary
+
     t_all = time.perf_counter()
     run.run_stage("tokenizer", st_tokenizer)
     run.run_stage("pool", st_pool)
@@ -528,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     run.run_stage("distill", st_distill)
     run.run_stage("decoder", st_decoder)
     final = run.run_stage("export", st_export)
+    if args.distill_more > 0:
+        more = run.run_stage("distill_more", st_distill_more)
+        final = {**final, "bytes": more.get("bytes")}
     if args.ship:
         ship(Path(paths["model"]), Path(paths["clip"]))
     print(json.dumps({"session_seconds": round(time.perf_counter() - t_all, 1),
