@@ -175,7 +175,8 @@ def test_latency_breakdown_follows_the_pipeline_timings(first_run, tiny_pipe):
         for t in per_image:
             assert len(t["unet"]) == calls
             assert t["total"] >= sum(t["unet"]) + t["decoder"] + t["text_encoder"]
-    assert report["latency"]["teacher"]["unet_ms"] > report["latency"]["student"]["unet_ms"]
+    # (no comparison of the two models' times: a test must not depend on the machine's load)
+    assert report["latency"]["teacher"]["unet_steps"] > report["latency"]["student"]["unet_steps"]
 
 
 def test_plots_are_png_images(first_run):
