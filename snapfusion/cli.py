@@ -125,16 +125,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def unet_macs(pipe: Any, height: int, width: int) -> float:
     """Multiply-accumulates of one UNet call at batch 1, counted by the engine while it runs."""
-    import numpy as np
-
-    from . import _engine
-
-    f = pipe.vae_scale_factor
-    x = np.zeros((1, pipe.unet.in_channels, height // f, width // f), np.float32)
-    ctx = np.zeros((1, 77, pipe.unet.cross_attention_dim), np.float32)
-    _engine.reset_mac_counter()
-    pipe.unet(x, 1, ctx)
-    return float(_engine.mac_counter())
+    return float(pipe.unet_macs(height, width))
 
 
 def _guidance_list(text: str) -> list[float]:

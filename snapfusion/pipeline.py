@@ -46,6 +46,26 @@ class PipelineOutput:
     stopped_early: bool = False
 
 
+#: UNet calls (batch 1, default size) under this many multiply-accumulates run on one thread
+#: unless a thread count is given.
+SMALL_UNET_MACS = 2_000_000_000
+#: Largest default image side for which the UNet is counted at load (counting runs one call).
+_SMALL_SIDE = 128
+_auto_single_thread = False
+
+
+def _auto_threads(pipe: Pipeline) -> None:
+    """The default thread count for ``pipe`` (see ``Pipeline.from_pretrained``)."""
+    global _auto_single_thread
+    small = pipe.default_size <= _SMALL_SIDE and pipe.unet_macs() < SMALL_UNET_MACS
+    if small:
+        _engine.set_num_threads(1)
+        _auto_single_thread = True
+    elif _auto_single_thread:  # undo an earlier automatic choice, not the user's own
+        _engine.set_num_threads(_engine.physical_cores())
+        _auto_single_thread = False
+
+
 def default_model_path() -> Path:
     """The embedded default model folder (raises OSError if this install has none)."""
     if DEFAULT_MODEL_DIR.is_dir():
@@ -123,7 +143,12 @@ class Pipeline:
             path: a folder with ``model_index.json``, ``tokenizer/``, ``text_encoder/``,
                 ``unet/``, ``vae/`` and ``scheduler/``; or a single-file SD-v1.x
                 ``.safetensors`` checkpoint.
-            threads: engine threads (default: physical cores).
+            threads: engine threads. By default the machine's physical cores, except for
+                models whose UNet call at their default size is under
+                ``SMALL_UNET_MACS`` multiply-accumulates (the embedded 64x64 world model):
+                they run on one thread, which is as fast on an idle machine and avoids the
+                threads' synchronisation cost, many times the work itself, on a busy one.
+                The thread count is the engine's, shared by every model of the process.
             scheduler: a scheduler class name to use instead of the model's.
             allow_pickle: allow pickled ``.ckpt``/``.bin`` checkpoints (never by default).
             tokenizer: for single-file checkpoints, the CLIP tokenizer folder (default: a
@@ -141,8 +166,11 @@ class Pipeline:
         if root.is_file():
             from .convert.single_file import load_single_file
 
-            return load_single_file(cls, root, scheduler=scheduler, allow_pickle=allow_pickle,
+            pipe = load_single_file(cls, root, scheduler=scheduler, allow_pickle=allow_pickle,
                                     tokenizer=Path(tokenizer) if tokenizer else None)
+            if threads is None:
+                _auto_threads(pipe)
+            return pipe
         if not root.is_dir():
             raise OSError(f"{root}: no such model folder or file")
         if not (root / "model_index.json").is_file():
@@ -154,7 +182,20 @@ class Pipeline:
         sched = scheduler_from_config(root / "scheduler", name=scheduler)
         pipe = cls(tok, enc, unet, vae, sched, name=str(root))
         pipe.recommended = _read_recommended(root / "snapfusion_model.json")
+        if threads is None:
+            _auto_threads(pipe)
         return pipe
+
+    def unet_macs(self, height: int | None = None, width: int | None = None) -> int:
+        """Multiply-accumulates of one UNet call at batch 1 (default: the model's size),
+        counted by the engine while it runs one call on zeros."""
+        f = self.vae_scale_factor
+        h, w = (height or self.default_size) // f, (width or self.default_size) // f
+        x = np.zeros((1, self.unet.in_channels, h, w), np.float32)
+        ctx = np.zeros((1, 77, self.unet.cross_attention_dim), np.float32)
+        _engine.reset_mac_counter()
+        self.unet(x, 1, ctx)
+        return int(_engine.mac_counter())
 
     # ------------------------------------------------------------------ stages
     def encode_prompt(self, prompt: Sequence[str], negative_prompt: Sequence[str] | None,

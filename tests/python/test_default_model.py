@@ -81,3 +81,25 @@ def test_cli_generates_with_the_default(tmp_path: Path) -> None:
     params = json.loads(img.text["parameters"])
     assert params["steps"] == 8 and params["seed"] == SEED
     _assert_right(np.asarray(img.convert("RGB"))[::2, ::2])
+
+
+def test_small_models_default_to_one_thread(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from snapfusion import _engine
+    from snapfusion import pipeline as pl
+
+    before = _engine.get_num_threads()
+    try:
+        pipe = Pipeline.from_pretrained(model, threads=2)
+        assert _engine.get_num_threads() == 2  # the user's count is kept
+        assert 0 < pipe.unet_macs() < pl.SMALL_UNET_MACS
+        assert pipe.unet_macs(128, 128) > 3 * pipe.unet_macs()  # counted at the size asked for
+        Pipeline.from_pretrained(model)
+        assert _engine.get_num_threads() == 1  # automatic: one thread for the 64x64 world model
+        monkeypatch.setattr(pl, "SMALL_UNET_MACS", 0)  # now no model counts as small
+        Pipeline.from_pretrained(model)
+        assert _engine.get_num_threads() == _engine.physical_cores()  # the automatic choice undone
+        _engine.set_num_threads(2)
+        Pipeline.from_pretrained(model)
+        assert _engine.get_num_threads() == 2  # a count the user set is not undone
+    finally:
+        _engine.set_num_threads(before)
