@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _engine
+from ._files import read_json_object
 
 PathLike = str | os.PathLike[str]
 
@@ -32,18 +33,7 @@ def read_config(folder: PathLike) -> tuple[str, dict[str, Any]]:
         OSError: the file is missing or unreadable.
         ValueError: the file is not a JSON object.
     """
-    path = Path(folder) / "config.json"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise OSError(f"{path}: missing config.json") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return text, data
+    return read_json_object(Path(folder) / "config.json", "config file")
 
 
 def find_weights(folder: PathLike) -> Path:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import _engine
+from ._files import read_json_object
 from .components import AutoencoderKL, PathLike, TextEncoder, UNet
 from .schedulers import scheduler_from_config
 from .tokenizer import CLIPTokenizer
@@ -407,12 +408,7 @@ def _read_recommended(path: Path) -> dict[str, Any]:
     (absent file: none; a malformed one is an error naming the file)."""
     if not path.is_file():
         return {}
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(info, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+    info = read_json_object(path, "model info file")[1]
     out: dict[str, Any] = {}
     steps = info.get("num_inference_steps")
     if steps is not None:

@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 
 from . import _engine
+from ._files import read_json_object
 
 __all__ = [
     "DDIMScheduler",
@@ -132,17 +133,7 @@ def load_scheduler_config(source: ConfigSource) -> dict[str, Any]:
                 break
         else:
             raise OSError(f"no scheduler_config.json in {str(source)!r} or its scheduler/ folder")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{str(path)!r} is not UTF-8 text: {e}") from None
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{str(path)!r}: expected a JSON object, got {type(cfg).__name__}")
-    return cfg
+    return read_json_object(path, "scheduler config")[1]
 
 
 def _json_default(obj: Any) -> Any:

@@ -34,7 +34,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import unicodedata
@@ -45,6 +44,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import regex
+
+from ._files import read_json, read_text_file
 
 __all__ = ["CLIPTokenizer", "SpecialToken", "basic_clean", "bytes_to_unicode", "CLIP_MAX_MERGES"]
 
@@ -235,19 +236,7 @@ def _make_ftfy_clean(fix_text: Callable[[str], str]) -> Callable[[str], str]:
 
 def _read_text(path: Path) -> str:
     """Read a UTF-8 tokenizer file, with errors that name it."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise FileNotFoundError(f"tokenizer file not found: {path}") from None
-    if not path.is_file():
-        raise OSError(f"tokenizer file is not a regular file: {path}")
-    if size > _MAX_FILE_BYTES:
-        raise ValueError(f"{path}: file too large ({size} bytes) for a tokenizer file")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not valid UTF-8 ({err})") from None
+    return read_text_file(path, "tokenizer file", _MAX_FILE_BYTES)
 
 
 def _reject_duplicate_keys(path: Path) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
@@ -263,11 +252,7 @@ def _reject_duplicate_keys(path: Path) -> Callable[[list[tuple[str, Any]]], dict
 
 
 def _read_json(path: Path) -> Any:
-    text = _read_text(path)
-    try:
-        return json.loads(text, object_pairs_hook=_reject_duplicate_keys(path))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: malformed JSON ({err})") from None
+    return read_json(path, "tokenizer file", _MAX_FILE_BYTES, _reject_duplicate_keys(path))[1]
 
 
 def _load_vocab(path: Path) -> dict[str, int]:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import _engine
+from .._files import read_json_object
 from . import calibrate as cal
 from .safetensors_io import f32_to_bf16_bits, save_safetensors
 
@@ -174,7 +175,7 @@ def _single_file_to_folder(src: Path, out: Path, tokenizer: Path | None,
         for comp in _COMPONENTS:
             override = src.parent / comp / "config.json"
             if override.is_file():
-                configs[comp].update(json.loads(override.read_text(encoding="utf-8")))
+                configs[comp].update(read_json_object(override, "config file")[1])
         renames = renames_for(info, configs)
         tok = Path(tokenizer) if tokenizer else src.parent / "tokenizer"
         if not (tok / "vocab.json").is_file():

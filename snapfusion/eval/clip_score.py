@@ -39,6 +39,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .._files import read_json_object
+
 __all__ = ["CLIPScore", "CLIPImagePreprocessor"]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -101,12 +103,7 @@ class CLIPImagePreprocessor:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"image preprocessor config not found: {p}")
-        try:
-            cfg = json.loads(p.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{p}: invalid JSON: {exc}") from exc
-        if not isinstance(cfg, dict):
-            raise ValueError(f"{p}: expected a JSON object")
+        cfg = read_json_object(p, "image preprocessor config")[1]
         size = _hw_from_size(cfg.get("size", {"shortest_edge": 224}), "size")
         crop = _hw_from_size(cfg.get("crop_size", 224), "crop_size")
         crop_hw = (crop, crop) if isinstance(crop, int) else crop

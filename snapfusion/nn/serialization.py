@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from .._files import read_json
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -55,13 +57,7 @@ def read_config(source: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str,
         path = path / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    if path.stat().st_size > _MAX_CONFIG_BYTES:
-        raise ValueError(f"config file {path} is larger than {_MAX_CONFIG_BYTES} bytes")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"malformed JSON in {path}: {exc}") from exc
+    data = read_json(path, "config file", _MAX_CONFIG_BYTES)[1]
     if not isinstance(data, dict):
         raise TypeError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
