@@ -79,6 +79,27 @@ def _cached_images(path: Path, pipe: Any, prompts: Sequence[str], steps: int, gu
     return images, secs
 
 
+def decoder_psnr(student: Any, teacher: Any, prompts: Sequence[str], seed: int,
+                 chunk: int = 32) -> dict[str, float]:
+    """PSNR (dB, uint8 images) of the student's small decoder against the teacher's decoder,
+    both on the engine, on the final latents of each model (8 steps, guidance 4) for
+    ``prompts``: the SnapFusion decoder target ("at PSNR >= 25 dB against it")."""
+    from .data import psnr_uint8
+
+    out = {}
+    for name, pipe in (("student_latents", student), ("teacher_latents", teacher)):
+        small, big = [], []
+        for i in range(0, len(prompts), chunk):
+            part = list(prompts[i:i + chunk])
+            lat = pipe(part, num_inference_steps=8, guidance_scale=4.0,
+                       seed=[seed + i + j for j in range(len(part))], output_type="latent").images
+            small.append(student.decode_latents(lat))
+            big.append(teacher.decode_latents(lat))
+        to8 = lambda a: (np.concatenate(a) * 255).round().clip(0, 255).astype(np.uint8)  # noqa: E731
+        out[name] = psnr_uint8(to8(small), to8(big))
+    return out
+
+
 def engine_latency(pipe: Any, prompt: str, steps: int, guidance: float, repeats: int) -> dict[str, float]:
     """Median seconds of one image (batch 1) and its stage breakdown."""
     runs = []
@@ -238,6 +259,7 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
     report["unet_call_ratio"] = (t["student_8_cfg"]["unet"] / 8) / (t["teacher_50_cfg"]["unet"] / 50)
     report["decoder_speedup"] = t["teacher_50_cfg"]["decoder"] / max(1e-9, t["student_8_cfg"]["decoder"])
     report["mac_ratio_cfg"] = s["teacher_50_cfg"] / s["student_8_cfg"]
+    report["decoder_psnr_db"] = decoder_psnr(pipes["student"], pipes["teacher"], prompts[:256], seed)
     for name in MODELS:
         best = max(report["results"][name].items(), key=lambda kv: (kv[1]["clip_score"] - 100 * kv[1]["fid"]))
         report.setdefault("best_guidance", {})[name] = best[0]
@@ -271,6 +293,11 @@ def format_table(report: dict[str, Any]) -> str:
         t = report["latency"][f"{name}_cfg"]
         lines.append(f"| {name} | {t['total']:.3f} | {t['unet']:.3f} | {t['decoder']:.4f} | "
                      f"{report['unet_macs_per_image'][f'{name}_cfg'] / 1e9:.2f} |")
+    if "decoder_psnr_db" in report:
+        p = report["decoder_psnr_db"]
+        lines += ["", f"small decoder: {report['decoder_speedup']:.2f}x faster than the teacher's, PSNR against "
+                      f"it {p['student_latents']:.1f} dB on the student's latents, "
+                      f"{p['teacher_latents']:.1f} dB on the teacher's"]
     return "\n".join(lines)
 
 

@@ -569,6 +569,9 @@ def test_world_report(parts: dict[str, Any], tmp_path: Path) -> None:
     for name in ("report.json", "fid_vs_clip.png", "accuracy.png", "samples.png"):
         assert (out / name).stat().st_size > 0, name
     assert "teacher_50" in format_table(rep)
+    # here the "student" is the teacher with the same decoder: identical pictures
+    assert rep["decoder_psnr_db"] == {"student_latents": math.inf, "teacher_latents": math.inf}
+    assert "small decoder" in format_table(rep)
     from snapfusion.train.clip import WorldCLIP
     from snapfusion.train.evaluate import WorldEvaluator
     from snapfusion.tokenizer import CLIPTokenizer
