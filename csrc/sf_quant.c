@@ -273,57 +273,6 @@ static void sf_qpass_run(pthreadpool_t pool, void (*fn)(void *, size_t), sf_qpas
         fn(p, 0);
 }
 
-/* ---- per-thread growable scratch (quantized input, int8 output of XNNPACK) ---- */
-
-typedef struct {
-    void *buf[2];
-    size_t cap[2];
-} sf_qscratch;
-
-static pthread_once_t sf_qscratch_once = PTHREAD_ONCE_INIT;
-static pthread_key_t sf_qscratch_key;
-static int sf_qscratch_ok = 0;
-
-static void sf_qscratch_free(void *p) {
-    sf_qscratch *s = p;
-    if (!s)
-        return;
-    sf_aligned_free(s->buf[0]);
-    sf_aligned_free(s->buf[1]);
-    free(s);
-}
-
-static void sf_qscratch_init(void) {
-    sf_qscratch_ok = pthread_key_create(&sf_qscratch_key, sf_qscratch_free) == 0;
-}
-
-/* The calling thread's scratch buffer `which` of at least `bytes` (NULL if out of memory). */
-static void *sf_qscratch_get(int which, size_t bytes) {
-    pthread_once(&sf_qscratch_once, sf_qscratch_init);
-    if (!sf_qscratch_ok)
-        return NULL;
-    sf_qscratch *s = pthread_getspecific(sf_qscratch_key);
-    if (!s) {
-        s = calloc(1, sizeof *s);
-        if (!s)
-            return NULL;
-        if (pthread_setspecific(sf_qscratch_key, s) != 0) {
-            free(s);
-            return NULL;
-        }
-    }
-    if (s->cap[which] < bytes) {
-        size_t cap = bytes + bytes / 4;
-        void *b = sf_aligned_alloc(cap);
-        if (!b)
-            return NULL;
-        sf_aligned_free(s->buf[which]);
-        s->buf[which] = b;
-        s->cap[which] = cap;
-    }
-    return s->buf[which];
-}
-
 /* ------------------------------------------------------------------------------------------ */
 /* Quantized convolution                                                                      */
 /* ------------------------------------------------------------------------------------------ */
@@ -617,7 +566,7 @@ static sf_status sf_qconv_run_geo(sf_qconv *q, const float *x, size_t batch, siz
         }
         in = sf_qparams_from_range(mn, mx);
     }
-    uint8_t *xq = sf_qscratch_get(0, n_in);
+    uint8_t *xq = sf_thread_scratch(SF_SCRATCH_QUANT_IN, n_in);
     if (!xq)
         SF_FAIL(SF_ERR_OOM, "sf_qconv_run: out of memory (%zu bytes)", n_in);
     pass.q = xq;
@@ -632,7 +581,7 @@ static sf_status sf_qconv_run_geo(sf_qconv *q, const float *x, size_t batch, siz
         }
 
     if (q->backend == SF_QBACKEND_XNNPACK) {
-        int8_t *yq = sf_qscratch_get(1, n_out);
+        int8_t *yq = sf_thread_scratch(SF_SCRATCH_QUANT_OUT, n_out);
         if (!yq)
             SF_FAIL(SF_ERR_OOM, "sf_qconv_run: out of memory (%zu bytes)", n_out);
         enum xnn_status xs = xnn_setup_convolution2d_nhwc_qc8(q->op, batch, h, w,

@@ -249,3 +249,55 @@ void *sf_aligned_alloc(size_t bytes) {
 void sf_aligned_free(void *p) {
     free(p);
 }
+
+/* ---- per-thread growable scratch ---------------------------------------------------------- */
+
+typedef struct {
+    void *buf[SF_SCRATCH_SLOTS];
+    size_t cap[SF_SCRATCH_SLOTS];
+} sf_scratch;
+
+static pthread_once_t sf_scratch_once = PTHREAD_ONCE_INIT;
+static pthread_key_t sf_scratch_key;
+static int sf_scratch_ok = 0;
+
+static void sf_scratch_free(void *p) {
+    sf_scratch *s = p;
+    if (!s)
+        return;
+    for (int i = 0; i < SF_SCRATCH_SLOTS; i++)
+        sf_aligned_free(s->buf[i]);
+    free(s);
+}
+
+static void sf_scratch_init(void) {
+    sf_scratch_ok = pthread_key_create(&sf_scratch_key, sf_scratch_free) == 0;
+}
+
+void *sf_thread_scratch(int slot, size_t bytes) {
+    if (slot < 0 || slot >= SF_SCRATCH_SLOTS)
+        return NULL;
+    pthread_once(&sf_scratch_once, sf_scratch_init);
+    if (!sf_scratch_ok)
+        return NULL;
+    sf_scratch *s = pthread_getspecific(sf_scratch_key);
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s)
+            return NULL;
+        if (pthread_setspecific(sf_scratch_key, s) != 0) {
+            free(s);
+            return NULL;
+        }
+    }
+    if (s->cap[slot] < bytes) {
+        size_t cap = bytes + bytes / 4;
+        void *b = sf_aligned_alloc(cap);
+        if (!b)
+            return NULL;
+        sf_aligned_free(s->buf[slot]);
+        s->buf[slot] = b;
+        s->cap[slot] = cap;
+    }
+    return s->buf[slot];
+}

@@ -79,55 +79,6 @@ static bool sf_wino_cpu_avx512(void) {
 #endif
 }
 
-/* ---- per-thread scratch ------------------------------------------------------------------ */
-
-typedef struct {
-    float *p;
-    size_t bytes;
-} sf_wino_buf;
-
-static pthread_once_t sf_wino_key_once = PTHREAD_ONCE_INIT;
-static pthread_key_t sf_wino_key;
-static int sf_wino_key_ok = 0;
-
-static void sf_wino_buf_free(void *arg) {
-    sf_wino_buf *b = arg;
-    if (b) {
-        sf_aligned_free(b->p);
-        free(b);
-    }
-}
-
-static void sf_wino_key_init(void) {
-    sf_wino_key_ok = pthread_key_create(&sf_wino_key, sf_wino_buf_free) == 0;
-}
-
-/* The calling thread's scratch of at least `bytes` (NULL if out of memory). */
-static float *sf_wino_scratch(size_t bytes) {
-    pthread_once(&sf_wino_key_once, sf_wino_key_init);
-    if (!sf_wino_key_ok)
-        return NULL;
-    sf_wino_buf *b = pthread_getspecific(sf_wino_key);
-    if (!b) {
-        b = calloc(1, sizeof *b);
-        if (!b)
-            return NULL;
-        if (pthread_setspecific(sf_wino_key, b) != 0) {
-            free(b);
-            return NULL;
-        }
-    }
-    if (b->bytes < bytes) {
-        sf_aligned_free(b->p);
-        b->bytes = 0;
-        b->p = sf_aligned_alloc(bytes);
-        if (!b->p)
-            return NULL;
-        b->bytes = bytes;
-    }
-    return b->p;
-}
-
 /* ---- creation ---------------------------------------------------------------------------- */
 
 sf_status sf_wino_create(size_t in, size_t out, const float *weight, const float *bias,
@@ -387,7 +338,7 @@ static void sf_wino_worker(void *arg, size_t worker) {
     const sf_wino *w = ctx->w;
     const size_t cap = ctx->chunk;
     (void)worker;
-    float *v = sf_wino_scratch(ctx->scratch_bytes);
+    float *v = sf_thread_scratch(SF_SCRATCH_WINOGRAD, ctx->scratch_bytes);
     if (!v)
         return; /* the other workers take the chunks; sf_wino_run reports if none could */
     float *m = v + 16 * cap * w->in;

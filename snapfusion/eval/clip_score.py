@@ -101,8 +101,6 @@ class CLIPImagePreprocessor:
             ValueError: Invalid JSON or unsupported settings.
         """
         p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"image preprocessor config not found: {p}")
         cfg = read_json_object(p, "image preprocessor config")[1]
         size = _hw_from_size(cfg.get("size", {"shortest_edge": 224}), "size")
         crop = _hw_from_size(cfg.get("crop_size", 224), "crop_size")

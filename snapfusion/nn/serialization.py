@@ -55,8 +55,6 @@ def read_config(source: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str,
     path = Path(source)
     if path.is_dir():
         path = path / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
     data = read_json(path, "config file", _MAX_CONFIG_BYTES)[1]
     if not isinstance(data, dict):
         raise TypeError(f"{path}: expected a JSON object, got {type(data).__name__}")

@@ -216,9 +216,9 @@ def distill_decoder(cfg: DecoderRecipeConfig, device: str = "cpu", progress: boo
                "decoder_block_out_channels": small_cfg["decoder_block_out_channels"]}
     with trainer.ema_weights() as model:
         summary.update(_decoder_psnr(world, big, model, latents))
-    if env.is_main:
-        with trainer.ema_weights() as model:
+        if env.is_main:
             model.save_pretrained(out / "vae")
+    if env.is_main:
         (out / "recipe_config.json").write_text(json.dumps(config_dict(cfg), indent=2) + "\n")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

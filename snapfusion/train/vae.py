@@ -195,12 +195,10 @@ def reconstruction_metrics(vae: torch.nn.Module, size: int, device: torch.device
                            seed: int = 12345) -> dict[str, Any]:
     """PSNR and attribute-checker accuracy of ``vae`` reconstructions of ``n`` freshly drawn
     held-out scenes: the ceiling of every diffusion model decoded by this VAE."""
-    from snapfusion.data import world as W
-    from snapfusion.data.checker import accuracy
+    from snapfusion.data import accuracy, draw_scenes, eval_prompts
 
-    rng = W.make_rng(seed, "heldout")
-    scenes = [W.sample_scene(rng, "heldout") for _ in range(n)]
-    x8 = W.draw_scenes(scenes, size=size)
+    _, scenes = eval_prompts(n, seed=seed, split="heldout")
+    x8 = draw_scenes(scenes, size=size)
     rec8 = []
     for i in range(0, n, 64):
         x = to_float_images(torch.from_numpy(x8[i:i + 64]).to(device))
