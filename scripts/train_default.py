@@ -281,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="at the end, copy the model into snapfusion/models/ (the package's default) and the "
                         "world CLIP evaluator (fp16) into snapfusion/models/world_clip/")
     args = p.parse_args(argv)
+    if args.distill_more < 0:
+        p.error("--distill-more must be >= 0 minutes")
     if not args.budget_minutes > 0:
         p.error("--budget-minutes must be positive")
 
@@ -535,8 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         best = float(final["guidance_scale"])
         unet = str(out / "distill_more" / "unet")
         summary["after"] = quick_eval(unet, steps=8, guidance=best, vae_dir=paths["small_vae"])
-        summary["before"] = final["student_sweep"][str(final["guidance_scale"])] \
-            if str(final["guidance_scale"]) in final.get("student_sweep", {}) else None
+        summary["before"] = final.get("student_sweep", {}).get(str(best))
         info = {"num_inference_steps": 8, "guidance_scale": best, "world_metrics": summary["after"],
                 "trained_with": f"scripts/train_default.py --distill-more {args.distill_more:g}",
                 "budget_minutes": args.budget_minutes, "distill_more_minutes": args.distill_more,

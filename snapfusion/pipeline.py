@@ -187,11 +187,23 @@ class Pipeline:
             _auto_threads(pipe)
         return pipe
 
+    def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """``(height, width)``, the model's default where None; ValueError unless each is a
+        multiple of the VAE factor in [factor, 8192]."""
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
+        f = self.vae_scale_factor
+        for name, v in (("height", height), ("width", width)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < f or v % f or v > 8192:
+                raise ValueError(f"{name} must be a multiple of {f} in [{f}, 8192], got {v!r}")
+        return height, width
+
     def unet_macs(self, height: int | None = None, width: int | None = None) -> int:
         """Multiply-accumulates of one UNet call at batch 1 (default: the model's size),
         counted by the engine while it runs one call on zeros."""
+        height, width = self._image_size(height, width)
         f = self.vae_scale_factor
-        h, w = (height or self.default_size) // f, (width or self.default_size) // f
+        h, w = height // f, width // f
         x = np.zeros((1, self.unet.in_channels, h, w), np.float32)
         ctx = np.zeros((1, 77, self.unet.cross_attention_dim), np.float32)
         _engine.reset_mac_counter()
@@ -279,12 +291,7 @@ class Pipeline:
             raise ValueError(f"guidance_scale must be finite, got {guidance_scale!r}")
         if output_type not in ("pil", "np", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'latent', not {output_type!r}")
-        height = self.default_size if height is None else height
-        width = self.default_size if width is None else width
-        f = self.vae_scale_factor
-        for name, v in (("height", height), ("width", width)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < f or v % f or v > 8192:
-                raise ValueError(f"{name} must be a multiple of {f} in [{f}, 8192], got {v!r}")
+        height, width = self._image_size(height, width)
         do_cfg = g > 1.0
         timings: dict[str, Any] = {}
 
@@ -295,7 +302,8 @@ class Pipeline:
         if self.low_memory:
             self.text_encoder.release_memory()
         batch = len(prompts)
-        shape = (batch, self.unet.in_channels, height // f, width // f)
+        shape = (batch, self.unet.in_channels, height // self.vae_scale_factor,
+                 width // self.vae_scale_factor)
         gen = _resolve_generator(generator, seed)
         if latents is None:
             latents = _noise(shape, gen)

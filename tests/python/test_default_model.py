@@ -103,3 +103,10 @@ def test_small_models_default_to_one_thread(model: Path, monkeypatch: pytest.Mon
         assert _engine.get_num_threads() == 2  # a count the user set is not undone
     finally:
         _engine.set_num_threads(before)
+
+
+def test_unet_macs_rejects_bad_sizes(model: Path) -> None:
+    pipe = Pipeline.from_pretrained(model, threads=1)
+    for bad in ((7, 64), (64, -4), (0, 64), (64, 8196), (True, 64), ("64", 64), (64.0, 64)):
+        with pytest.raises(ValueError, match="must be a multiple of 4"):
+            pipe.unet_macs(*bad)
