@@ -50,7 +50,13 @@ void sf_aligned_free(void *p);
 /* Per-thread growable scratch: the calling thread's buffer `slot` of at least `bytes` (aligned
  * as sf_aligned_alloc; NULL if out of memory). It stays valid until the same thread asks for
  * the same slot again and is freed when the thread exits. */
-enum { SF_SCRATCH_QUANT_IN, SF_SCRATCH_QUANT_OUT, SF_SCRATCH_WINOGRAD, SF_SCRATCH_SLOTS };
+enum {
+    SF_SCRATCH_QUANT_IN,
+    SF_SCRATCH_QUANT_OUT,
+    SF_SCRATCH_QGEMM_PACK,
+    SF_SCRATCH_WINOGRAD,
+    SF_SCRATCH_SLOTS
+};
 void *sf_thread_scratch(int slot, size_t bytes);
 
 /* The shared thread pool. Compute code brackets its use of the pool with sf_compute_begin /

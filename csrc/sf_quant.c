@@ -25,22 +25,23 @@
 /* Back ends                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
 
-static const char *const sf_qbackend_names[] = {"auto", "vnni", "xnnpack", "reference"};
+static const char *const sf_qbackend_names[] = {"auto", "vnni", "xnnpack", "reference", "amx"};
+#define SF_QBACKENDS 5
 
 const char *sf_qbackend_name(sf_qbackend b) {
-    return (unsigned)b < 4 ? sf_qbackend_names[b] : "unknown";
+    return (unsigned)b < SF_QBACKENDS ? sf_qbackend_names[b] : "unknown";
 }
 
 sf_status sf_qbackend_from_name(const char *name, sf_qbackend *out) {
     if (!name || !out)
         return sf_error(SF_ERR_INVALID_ARG, "sf_qbackend_from_name: NULL argument");
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < SF_QBACKENDS; i++)
         if (strcmp(name, sf_qbackend_names[i]) == 0) {
             *out = (sf_qbackend)i;
             return SF_OK;
         }
-    return sf_error(SF_ERR_INVALID_ARG, "unknown int8 back end '%s' (expected auto, vnni, "
-                    "xnnpack or reference)", name);
+    return sf_error(SF_ERR_INVALID_ARG, "unknown int8 back end '%s' (expected auto, amx, "
+                    "vnni, xnnpack or reference)", name);
 }
 
 int sf_qbackend_available(sf_qbackend b) {
@@ -51,8 +52,15 @@ int sf_qbackend_available(sf_qbackend b) {
         return 1;
     case SF_QBACKEND_VNNI:
         return sf_qgemm_vnni_supported();
+    case SF_QBACKEND_AMX:
+        return sf_qgemm_amx_supported();
     }
     return 0;
+}
+
+int sf_qgemm_isa_of(sf_qbackend b) {
+    return b == SF_QBACKEND_AMX ? SF_QGEMM_AMX : b == SF_QBACKEND_VNNI ? SF_QGEMM_VNNI
+                                                                       : SF_QGEMM_REF;
 }
 
 sf_qbackend sf_qbackend_resolve(sf_qbackend requested, int has_static) {
@@ -64,6 +72,8 @@ sf_qbackend sf_qbackend_resolve(sf_qbackend requested, int has_static) {
             sf_qbackend_available(e) && (e != SF_QBACKEND_XNNPACK || has_static))
             return e;
         sf_clear_error();
+        if (sf_qgemm_amx_supported())
+            return SF_QBACKEND_AMX;
         if (sf_qgemm_vnni_supported())
             return SF_QBACKEND_VNNI;
         return has_static ? SF_QBACKEND_XNNPACK : SF_QBACKEND_REFERENCE;
@@ -383,7 +393,7 @@ sf_status sf_qconv_create(const sf_qconv_params *p, const int8_t *weight,
                         p->kernel_w, p->stride_h, p->stride_w);
     if (!sf_mul_n_ok(&k, 3, p->in_channels, (size_t)p->kernel_h, (size_t)p->kernel_w))
         return sf_error(SF_ERR_INVALID_ARG, "%s: kernel too large", fn);
-    if ((unsigned)p->backend > SF_QBACKEND_REFERENCE)
+    if ((unsigned)p->backend > SF_QBACKEND_AMX)
         return sf_error(SF_ERR_INVALID_ARG, "%s: unknown back end %d", fn, (int)p->backend);
     if ((st = sf_qparams_check(&p->input, "input")) != SF_OK ||
         (st = sf_qparams_check(&p->output, "output")) != SF_OK)
@@ -402,6 +412,9 @@ sf_status sf_qconv_create(const sf_qconv_params *p, const int8_t *weight,
     if (b == SF_QBACKEND_VNNI && !sf_qgemm_vnni_supported())
         return sf_error(SF_ERR_UNSUPPORTED, "%s: the vnni back end needs a CPU with "
                         "AVX512-VNNI", fn);
+    if (b == SF_QBACKEND_AMX && !sf_qgemm_amx_supported())
+        return sf_error(SF_ERR_UNSUPPORTED, "%s: the amx back end needs a CPU with AMX-INT8 "
+                        "and an OS that grants the tile state", fn);
     if (b == SF_QBACKEND_XNNPACK && !has_static)
         return sf_error(SF_ERR_UNSUPPORTED, "%s: the xnnpack back end needs static input and "
                         "output quantization parameters", fn);
@@ -440,7 +453,7 @@ sf_status sf_qconv_create(const sf_qconv_params *p, const int8_t *weight,
     }
     q->backend = b;
     SF_CHECK(sf_qgemm_create(p->in_channels, p->out_channels, p->kernel_h, p->kernel_w, weight,
-                             b == SF_QBACKEND_VNNI, &q->gemm));
+                             sf_qgemm_isa_of(b), &q->gemm));
     size_t padded = sf_qgemm_padded_out(q->gemm);
     q->alpha = sf_aligned_alloc(padded * sizeof(float));
     q->beta = sf_aligned_alloc(padded * sizeof(float));

@@ -19,10 +19,14 @@
  *   weight sums of each output channel, is folded into the bias).
  * - SF_QBACKEND_XNNPACK: xnn_create_convolution2d_nhwc_qc8 (per-channel weight scales; a fully
  *   connected layer is a 1x1 convolution), needs static input and output parameters.
+ * - SF_QBACKEND_AMX: the same packed data and blocking, with AMX-INT8 tiles (tdpbusd on
+ *   16 x 64-byte tiles) for the products (Intel Sapphire Rapids and later; Linux grants the
+ *   tile state on request).
  * - SF_QBACKEND_REFERENCE: the same blocked kernel as VNNI in portable C (any CPU).
- * SF_QBACKEND_AUTO picks VNNI where the CPU has it, else XNNPACK where the layer has static
- * parameters, else REFERENCE. The environment variable SNAPFUSION_INT8 (vnni, xnnpack,
- * reference), read when a layer is created, overrides AUTO.
+ * SF_QBACKEND_AUTO picks AMX where the CPU and OS have it, else VNNI where the CPU has it, else
+ * XNNPACK where the layer has static parameters, else REFERENCE. The environment variable
+ * SNAPFUSION_INT8 (amx, vnni, xnnpack, reference), read when a layer is created, overrides
+ * AUTO.
  */
 #ifndef SF_QUANT_H
 #define SF_QUANT_H
@@ -37,14 +41,16 @@ typedef enum {
     SF_QBACKEND_AUTO = 0,
     SF_QBACKEND_VNNI,
     SF_QBACKEND_XNNPACK,
-    SF_QBACKEND_REFERENCE
+    SF_QBACKEND_REFERENCE,
+    SF_QBACKEND_AMX
 } sf_qbackend;
 
-/* "auto", "vnni", "xnnpack", "reference". */
+/* "auto", "vnni", "xnnpack", "reference", "amx". */
 const char *sf_qbackend_name(sf_qbackend b);
 /* Parse a name (as above); SF_ERR_INVALID_ARG for others. */
 sf_status sf_qbackend_from_name(const char *name, sf_qbackend *out);
-/* 1 if this machine can run the back end (VNNI: AVX512-VNNI CPU; XNNPACK: built with qc8). */
+/* 1 if this machine can run the back end (VNNI: AVX512-VNNI CPU; AMX: AMX-INT8 CPU and an OS
+ * that grants the tile state; XNNPACK: built with qc8). */
 int sf_qbackend_available(sf_qbackend b);
 /* What AUTO means here for a layer with (1) or without (0) static parameters, after
  * SNAPFUSION_INT8. */
@@ -105,7 +111,7 @@ void sf_quantize_activations(const float *x, size_t n, const sf_qparams *p, int8
 /* ---- the kernel: C (m x n) = A (m x k, uint8) * B (k x n, int8), tested directly ---- */
 
 /* Reference products for tests: c[i][j] = sum_k a[i*k + kk] * b[j*k + kk] (b is n rows of k,
- * the weight layout) with our packed kernel of `backend` (VNNI or REFERENCE), in int32. */
+ * the weight layout) with our packed kernel of `backend` (AMX, VNNI or REFERENCE), in int32. */
 sf_status sf_qgemm_u8s8_test(sf_qbackend backend, const uint8_t *a, const int8_t *b, size_t m,
                              size_t n, size_t k, int32_t *c);
 
@@ -188,12 +194,19 @@ typedef struct {
     uint32_t stride_h, stride_w, pad_top, pad_left;
 } sf_qgemm_geometry;
 
+/* The kernels of sf_qgemm (one packed layout for all three). */
+enum { SF_QGEMM_REF = 0, SF_QGEMM_VNNI = 1, SF_QGEMM_AMX = 2 };
+/* The kernel of a back end (SF_QGEMM_REF for those without one of ours). */
+int sf_qgemm_isa_of(sf_qbackend b);
 /* 1 if this CPU runs the VNNI kernel (x86-64 with AVX512-F/BW/VNNI). */
 int sf_qgemm_vnni_supported(void);
-/* Pack weights (out, in, kh, kw) for the VNNI (vnni = 1) or the portable kernel. K = kh*kw*in
- * must be at most 65536 (the int32 accumulators cannot overflow). */
+/* 1 if this CPU and OS run the AMX kernel (AMX-TILE/INT8, XCR0 tile state, and Linux's
+ * permission, requested for the process on the first call). */
+int sf_qgemm_amx_supported(void);
+/* Pack weights (out, in, kh, kw) for kernel `isa` (SF_QGEMM_*). K = kh*kw*in must be at most
+ * 65536 (the int32 accumulators cannot overflow). */
 sf_status sf_qgemm_create(size_t in, size_t out, uint32_t kh, uint32_t kw, const int8_t *weight,
-                          int vnni, sf_qgemm **out_gemm);
+                          int isa, sf_qgemm **out_gemm);
 void sf_qgemm_destroy(sf_qgemm *g);
 /* Per output channel sums of the weights (out values). */
 const int32_t *sf_qgemm_colsum(const sf_qgemm *g);

@@ -3,9 +3,14 @@
  * micro-kernel (vpdpbusd: 4 products of unsigned activation bytes and signed weight bytes
  * summed into each int32 lane), and the same blocked algorithm in portable C.
  *
+ * An AMX-INT8 kernel (tdpbusd on 16 x 64-byte tiles) runs the same packed data where the CPU
+ * and OS offer it: a tile of 16 packed rows is 16 pixels x 64 reduction bytes at the row stride
+ * SF_QGEMM_KCP, and 16 columns of a weight panel are 16 groups of 4 reduction steps at a stride
+ * of 128 bytes, exactly the B operand tdpbusd expects.
+ *
  * Layout:
  *   K = kh * kw * in, k = (ky * kw + kx) * in + c (the order of an NHWC patch), padded to K4, a
- *   multiple of 4. Packed weights: panels of SF_QGEMM_NR = 32 output channels,
+ *   multiple of 64. Packed weights: panels of SF_QGEMM_NR = 32 output channels,
  *   [panel][K4 / 4][32][4] int8 (zero past `out` and past K): one group of 4 reduction steps of
  *   a panel is 128 bytes, two zmm registers of 16 channels x 4 bytes.
  *   Packed activations: blocks of up to SF_QGEMM_TB tiles of SF_QGEMM_MR output pixels; row i
@@ -47,46 +52,18 @@
 #ifndef SF_QGEMM_TB
 #define SF_QGEMM_TB 8      /* most register tiles per block of output rows */
 #endif
-#define SF_QGEMM_SCRATCH ((size_t)SF_QGEMM_TB * SF_QGEMM_MR * SF_QGEMM_KCP)
+#define SF_QGEMM_AMX_MR 16 /* output pixels per AMX tile (tile rows) */
+#define SF_QGEMM_SCRATCH ((size_t)SF_QGEMM_TB * SF_QGEMM_AMX_MR * SF_QGEMM_KCP)
 #define SF_QGEMM_MAX_K 65536 /* 255 * 128 * K < 2^31 */
 
 struct sf_qgemm {
     size_t in, out, k, k4;
     uint32_t kh, kw;
     size_t panels;
-    int vnni;
+    int isa;         /* SF_QGEMM_REF, SF_QGEMM_VNNI or SF_QGEMM_AMX */
     int8_t *packed;  /* [panels][k4 / 4][NR][4] */
     int32_t *colsum; /* (out,) */
 };
-
-/* ---- per-thread packing buffers ---- */
-
-static pthread_once_t sf_qgemm_key_once = PTHREAD_ONCE_INIT;
-static pthread_key_t sf_qgemm_key;
-static int sf_qgemm_key_ok = 0;
-
-static void sf_qgemm_scratch_free(void *p) {
-    sf_aligned_free(p);
-}
-
-static void sf_qgemm_key_init(void) {
-    sf_qgemm_key_ok = pthread_key_create(&sf_qgemm_key, sf_qgemm_scratch_free) == 0;
-}
-
-static uint8_t *sf_qgemm_scratch(void) {
-    pthread_once(&sf_qgemm_key_once, sf_qgemm_key_init);
-    if (!sf_qgemm_key_ok)
-        return NULL;
-    uint8_t *p = pthread_getspecific(sf_qgemm_key);
-    if (!p) {
-        p = sf_aligned_alloc(SF_QGEMM_SCRATCH);
-        if (p && pthread_setspecific(sf_qgemm_key, p) != 0) {
-            sf_aligned_free(p);
-            p = NULL;
-        }
-    }
-    return p;
-}
 
 /* ---- creation ---- */
 
@@ -100,8 +77,54 @@ int sf_qgemm_vnni_supported(void) {
 #endif
 }
 
+#if SF_QGEMM_X86 && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define SF_ARCH_REQ_XCOMP_PERM 0x1023
+#define SF_XFEATURE_XTILEDATA 18
+
+static int sf_qgemm_amx_ok = 0;
+static pthread_once_t sf_qgemm_amx_once = PTHREAD_ONCE_INIT;
+
+/* AMX-TILE and AMX-INT8 in CPUID, the tile state enabled by the OS (XCR0 bits 17, 18), and
+ * Linux's permission for this process to use it (asked once). */
+static void sf_qgemm_amx_probe(void) {
+    unsigned a, b, c, d;
+    if (!sf_qgemm_vnni_supported())
+        return;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return;
+    if (!(d & (1u << 24)) || !(d & (1u << 25)))
+        return;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) /* OSXSAVE */
+        return;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17))
+        return;
+    if (syscall(SYS_arch_prctl, SF_ARCH_REQ_XCOMP_PERM, SF_XFEATURE_XTILEDATA) != 0)
+        return;
+    sf_qgemm_amx_ok = 1;
+}
+#endif
+
+int sf_qgemm_amx_supported(void) {
+#if SF_QGEMM_X86 && defined(__linux__)
+    pthread_once(&sf_qgemm_amx_once, sf_qgemm_amx_probe);
+    return sf_qgemm_amx_ok;
+#else
+    return 0;
+#endif
+}
+
+static int sf_qgemm_isa_supported(int isa) {
+    return isa == SF_QGEMM_REF || (isa == SF_QGEMM_VNNI && sf_qgemm_vnni_supported()) ||
+           (isa == SF_QGEMM_AMX && sf_qgemm_amx_supported());
+}
+
 sf_status sf_qgemm_create(size_t in, size_t out, uint32_t kh, uint32_t kw, const int8_t *weight,
-                          int vnni, sf_qgemm **out_gemm) {
+                          int isa, sf_qgemm **out_gemm) {
     sf_status st = SF_OK;
     sf_qgemm *g = NULL;
     size_t k, k4, panels, bytes;
@@ -110,13 +133,16 @@ sf_status sf_qgemm_create(size_t in, size_t out, uint32_t kh, uint32_t kw, const
     *out_gemm = NULL;
     if (!weight || in == 0 || out == 0 || kh == 0 || kw == 0)
         return sf_error(SF_ERR_INVALID_ARG, "sf_qgemm_create: NULL weight or zero size");
-    if (vnni && !sf_qgemm_vnni_supported())
-        return sf_error(SF_ERR_UNSUPPORTED, "sf_qgemm_create: this CPU has no AVX512-VNNI");
+    if (isa != SF_QGEMM_REF && isa != SF_QGEMM_VNNI && isa != SF_QGEMM_AMX)
+        return sf_error(SF_ERR_INVALID_ARG, "sf_qgemm_create: unknown kernel %d", isa);
+    if (!sf_qgemm_isa_supported(isa))
+        return sf_error(SF_ERR_UNSUPPORTED, "sf_qgemm_create: this CPU (or OS) cannot run the "
+                        "%s kernel", isa == SF_QGEMM_AMX ? "AMX-INT8" : "AVX512-VNNI");
     if (!sf_mul_n_ok(&k, 3, in, (size_t)kh, (size_t)kw) || k > SF_QGEMM_MAX_K)
         return sf_error(SF_ERR_UNSUPPORTED, "sf_qgemm_create: %zu x %u x %u reduction steps "
                         "exceed %d (int32 accumulators could overflow)", in, kh, kw,
                         SF_QGEMM_MAX_K);
-    k4 = (k + 3) / 4 * 4;
+    k4 = (k + 63) / 64 * 64; /* whole AMX tiles of 64 reduction bytes (SD's K all are) */
     panels = (out + SF_QGEMM_NR - 1) / SF_QGEMM_NR;
     if (!sf_mul_n_ok(&bytes, 3, panels, k4, (size_t)SF_QGEMM_NR))
         return sf_error(SF_ERR_INVALID_ARG, "sf_qgemm_create: weights too large");
@@ -130,7 +156,7 @@ sf_status sf_qgemm_create(size_t in, size_t out, uint32_t kh, uint32_t kw, const
     g->kh = kh;
     g->kw = kw;
     g->panels = panels;
-    g->vnni = vnni;
+    g->isa = isa;
     g->packed = sf_aligned_alloc(bytes);
     g->colsum = sf_aligned_alloc(out * sizeof(int32_t));
     if (!g->packed || !g->colsum)
@@ -283,6 +309,140 @@ sf_qtile_vnni(size_t kc4, const uint8_t *restrict a, const int8_t *restrict b, v
         }
     }
 }
+/* GCC's AMX intrinsics are asm statements that do not tell the compiler which memory they read
+ * or write (ldtilecfg even claims to read 8 bytes of the 64): a compiler barrier goes between
+ * C code and every tile load or store of the same memory. */
+#define SF_AMX_BARRIER() __asm__ volatile("" ::: "memory")
+
+/* AMX: tile registers 0-3 hold the int32 accumulators of up to 32 rows x 32 columns (tile
+ * 2 * r + h: row tile r, column half h), 4-5 the two row tiles of activations, 6-7 the two
+ * column halves of the weight panel. Every tile is 16 rows of 64 bytes. */
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} sf_amx_config;
+
+/* A constant in memory (a stack copy's stores could be dropped, see SF_AMX_BARRIER). */
+static const sf_amx_config sf_amx_cfg __attribute__((aligned(64))) = {
+    1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+__attribute__((target("amx-tile"))) static void sf_amx_begin(void) {
+    SF_AMX_BARRIER();
+    _tile_loadconfig(&sf_amx_cfg);
+}
+
+__attribute__((target("amx-tile"))) static void sf_amx_end(void) {
+    _tile_release();
+}
+
+/* Copy a rows x cols block of int32 between memory at row stride ld (elements) and a dense
+ * 16 x 16 buffer (zero elsewhere when filling the buffer). */
+__attribute__((target("avx512f"))) static void sf_amx_gather(int32_t buf[256], const char *c,
+                                                             size_t ld, size_t rows,
+                                                             __mmask16 m) {
+    for (size_t r = 0; r < 16; r++)
+        _mm512_store_si512((void *)(buf + 16 * r),
+                           r < rows ? _mm512_maskz_loadu_epi32(m, c + r * ld * 4)
+                                    : _mm512_setzero_si512());
+}
+
+/* Finish one 16 x 16 accumulator tile held in buf: y = alpha * acc + beta as float, or the
+ * int32 partial sums, for rows x (mask m) elements at c. */
+__attribute__((target("avx512f"))) static void sf_amx_scatter(const int32_t buf[256], char *c,
+                                                              size_t ld, size_t rows,
+                                                              __mmask16 m, int finish,
+                                                              const float *alpha,
+                                                              const float *beta) {
+    if (finish) {
+        __m512 al = _mm512_maskz_loadu_ps(m, alpha), be = _mm512_maskz_loadu_ps(m, beta);
+        for (size_t r = 0; r < rows; r++) {
+            __m512 acc = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(buf + 16 * r)));
+            _mm512_mask_storeu_ps(c + r * ld * 4, m, _mm512_fmadd_ps(acc, al, be));
+        }
+    } else {
+        for (size_t r = 0; r < rows; r++)
+            _mm512_mask_storeu_epi32(c + r * ld * 4, m,
+                                     _mm512_load_si512((const void *)(buf + 16 * r)));
+    }
+}
+
+#define SF_AMX_LOAD_ACC(T, R, H)                                                            \
+    do {                                                                                    \
+        size_t rr_ = rows > 16 * (R) ? rows - 16 * (R) : 0;                                 \
+        char *ct_ = cb + ((size_t)16 * (R) * ldc + 16 * (H)) * 4;                           \
+        __mmask16 m_ = (H) ? m1 : m0;                                                       \
+        if (first) {                                                                        \
+            _tile_zero(T);                                                                  \
+        } else if (rr_ >= 16 && m_ == 0xffff) {                                             \
+            _tile_loadd(T, ct_, ldc * 4);                                                   \
+        } else {                                                                            \
+            sf_amx_gather(buf, ct_, ldc, rr_ < 16 ? rr_ : 16, m_);                          \
+            SF_AMX_BARRIER();                                                               \
+            _tile_loadd(T, buf, 64);                                                        \
+        }                                                                                   \
+    } while (0)
+
+#define SF_AMX_STORE_ACC(T, R, H)                                                           \
+    do {                                                                                    \
+        size_t rr_ = rows > 16 * (R) ? rows - 16 * (R) : 0;                                 \
+        char *ct_ = cb + ((size_t)16 * (R) * ldc + 16 * (H)) * 4;                           \
+        __mmask16 m_ = (H) ? m1 : m0;                                                       \
+        if (!finish && rr_ >= 16 && m_ == 0xffff) {                                         \
+            _tile_stored(T, ct_, ldc * 4);                                                  \
+        } else if (rr_ > 0 && m_ != 0) {                                                    \
+            _tile_stored(T, buf, 64);                                                       \
+            SF_AMX_BARRIER();                                                               \
+            sf_amx_scatter(buf, ct_, ldc, rr_ < 16 ? rr_ : 16, m_, finish,                  \
+                           alpha + 16 * (H), beta + 16 * (H));                              \
+        }                                                                                   \
+    } while (0)
+
+/* One or two row tiles (16 packed rows each at stride SF_QGEMM_KCP; `rows` of them are real)
+ * times one panel (cols <= 32 real columns), kc64 steps of 64 reduction bytes; the same
+ * first/last contract as the other kernels. Needs sf_amx_begin() on this thread. */
+__attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void
+sf_qtile_amx(size_t kc64, const uint8_t *restrict a, int two, const int8_t *restrict b, void *c,
+             size_t ldc, size_t rows, size_t cols, int first, int last, const float *alpha,
+             const float *beta) {
+    int32_t buf[256] __attribute__((aligned(64)));
+    char *cb = c;
+    const int finish = last && alpha;
+    __mmask16 m0 = cols >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cols) - 1u);
+    __mmask16 m1 = cols >= 32 ? (__mmask16)0xffff
+                   : cols > 16 ? (__mmask16)((1u << (cols - 16)) - 1u)
+                               : (__mmask16)0;
+    SF_AMX_BARRIER(); /* the packed rows, weights and partial sums are in memory */
+    SF_AMX_LOAD_ACC(0, 0, 0);
+    SF_AMX_LOAD_ACC(1, 0, 1);
+    if (two) {
+        SF_AMX_LOAD_ACC(2, 1, 0);
+        SF_AMX_LOAD_ACC(3, 1, 1);
+        for (size_t k = 0; k < kc64; k++) {
+            _tile_loadd(6, b + k * 2048, 128);
+            _tile_loadd(7, b + k * 2048 + 64, 128);
+            _tile_loadd(4, a + k * 64, SF_QGEMM_KCP);
+            _tile_loadd(5, a + 16 * SF_QGEMM_KCP + k * 64, SF_QGEMM_KCP);
+            _tile_dpbusd(0, 4, 6);
+            _tile_dpbusd(1, 4, 7);
+            _tile_dpbusd(2, 5, 6);
+            _tile_dpbusd(3, 5, 7);
+        }
+        SF_AMX_STORE_ACC(2, 1, 0);
+        SF_AMX_STORE_ACC(3, 1, 1);
+    } else {
+        for (size_t k = 0; k < kc64; k++) {
+            _tile_loadd(6, b + k * 2048, 128);
+            _tile_loadd(7, b + k * 2048 + 64, 128);
+            _tile_loadd(4, a + k * 64, SF_QGEMM_KCP);
+            _tile_dpbusd(0, 4, 6);
+            _tile_dpbusd(1, 4, 7);
+        }
+    }
+    SF_AMX_STORE_ACC(0, 0, 0);
+    SF_AMX_STORE_ACC(1, 0, 1);
+    SF_AMX_BARRIER(); /* the outputs are in memory */
+}
 #endif
 
 /* ---- driver ---- */
@@ -294,20 +454,21 @@ typedef struct {
     uint8_t pad;
     const float *alpha, *beta;
     char *y;
+    size_t mr; /* rows per register tile: SF_QGEMM_MR, or SF_QGEMM_AMX_MR for AMX */
     size_t m, m_tiles, m_blocks, n_groups, kc, k_blocks;
     atomic_size_t next, done;
 } sf_qgemm_ctx;
 
-/* Pack output rows [row0, row0 + n_rows) (zero rows up to n_tiles * MR) for the reduction
- * steps [k0, k0 + kl), padded with zeros to kl4 groups of 4. */
+/* Pack output rows [row0, row0 + n_rows) (zero rows up to n_tiles * mr) for the reduction
+ * steps [k0, k0 + kl), padded with zeros to span bytes. */
 static void sf_qgemm_pack(const sf_qgemm_ctx *ctx, uint8_t *a, size_t row0, size_t n_rows,
-                          size_t n_tiles, size_t k0, size_t kl, size_t kl4) {
+                          size_t n_tiles, size_t k0, size_t kl, size_t span) {
     const sf_qgemm *g = ctx->g;
     const sf_qgemm_geometry *geo = ctx->geo;
-    const size_t in = g->in, plane = geo->out_h * geo->out_w, span = kl4 * 4;
+    const size_t in = g->in, plane = geo->out_h * geo->out_w;
     const size_t tap0 = k0 / in, c0 = k0 % in;
     size_t b = row0 / plane, oy = row0 % plane / geo->out_w, ox = row0 % geo->out_w;
-    for (size_t i = 0; i < n_tiles * SF_QGEMM_MR; i++) {
+    for (size_t i = 0; i < n_tiles * ctx->mr; i++) {
         uint8_t *dst = a + i * SF_QGEMM_KCP;
         if (i >= n_rows) {
             memset(dst, 0, span);
@@ -346,11 +507,15 @@ static void sf_qgemm_pack(const sf_qgemm_ctx *ctx, uint8_t *a, size_t row0, size
 static void sf_qgemm_worker(void *arg, size_t worker) {
     sf_qgemm_ctx *ctx = arg;
     const sf_qgemm *g = ctx->g;
-    uint8_t *a = sf_qgemm_scratch();
-    const size_t items = ctx->m_blocks * ctx->n_groups, n = g->out;
+    uint8_t *a = sf_thread_scratch(SF_SCRATCH_QGEMM_PACK, SF_QGEMM_SCRATCH);
+    const size_t items = ctx->m_blocks * ctx->n_groups, n = g->out, mr = ctx->mr;
     (void)worker;
     if (!a)
         return; /* other workers take the items; sf_qgemm_run reports if none could */
+#if SF_QGEMM_X86
+    if (g->isa == SF_QGEMM_AMX)
+        sf_amx_begin();
+#endif
     for (;;) {
         size_t item = atomic_fetch_add_explicit(&ctx->next, 1, memory_order_relaxed);
         if (item >= items)
@@ -358,28 +523,41 @@ static void sf_qgemm_worker(void *arg, size_t worker) {
         size_t mb = item / ctx->n_groups, ng = item % ctx->n_groups;
         size_t t0 = mb * ctx->m_tiles / ctx->m_blocks;
         size_t t1 = (mb + 1) * ctx->m_tiles / ctx->m_blocks;
-        size_t row0 = t0 * SF_QGEMM_MR;
-        size_t row1 = t1 * SF_QGEMM_MR < ctx->m ? t1 * SF_QGEMM_MR : ctx->m;
+        size_t row0 = t0 * mr;
+        size_t row1 = t1 * mr < ctx->m ? t1 * mr : ctx->m;
         size_t p0 = ng * g->panels / ctx->n_groups, p1 = (ng + 1) * g->panels / ctx->n_groups;
         for (size_t kb = 0; kb < ctx->k_blocks; kb++) {
             size_t k0 = kb * ctx->kc;
             size_t kl = g->k - k0 < ctx->kc ? g->k - k0 : ctx->kc;
-            size_t kl4 = (kl + 3) / 4;
+            size_t kl4 = (kl + 3) / 4, kl64 = (kl + 63) / 64;
             int first = kb == 0, last = kb + 1 == ctx->k_blocks;
-            sf_qgemm_pack(ctx, a, row0, row1 - row0, t1 - t0, k0, kl, kl4);
+            sf_qgemm_pack(ctx, a, row0, row1 - row0, t1 - t0, k0, kl,
+                          g->isa == SF_QGEMM_AMX ? kl64 * 64 : kl4 * 4);
             for (size_t p = p0; p < p1; p++) {
                 const int8_t *bp = g->packed + (p * g->k4 + k0) * SF_QGEMM_NR;
                 size_t cols = n - p * SF_QGEMM_NR < SF_QGEMM_NR ? n - p * SF_QGEMM_NR
                                                                 : SF_QGEMM_NR;
                 const float *al = ctx->alpha ? ctx->alpha + p * SF_QGEMM_NR : NULL;
                 const float *be = ctx->beta ? ctx->beta + p * SF_QGEMM_NR : NULL;
+#if SF_QGEMM_X86
+                if (g->isa == SF_QGEMM_AMX) {
+                    for (size_t t = 0; t < t1 - t0; t += 2) {
+                        size_t r0 = row0 + t * mr;
+                        size_t rows = row1 - r0 < 2 * mr ? row1 - r0 : 2 * mr;
+                        sf_qtile_amx(kl64, a + t * mr * SF_QGEMM_KCP, t + 1 < t1 - t0, bp,
+                                     ctx->y + (r0 * n + p * SF_QGEMM_NR) * 4, n, rows, cols,
+                                     first, last, al, be);
+                    }
+                    continue;
+                }
+#endif
                 for (size_t t = 0; t < t1 - t0; t++) {
-                    size_t r0 = row0 + t * SF_QGEMM_MR;
-                    size_t rows = row1 - r0 < SF_QGEMM_MR ? row1 - r0 : SF_QGEMM_MR;
-                    const uint8_t *at = a + t * SF_QGEMM_MR * SF_QGEMM_KCP;
+                    size_t r0 = row0 + t * mr;
+                    size_t rows = row1 - r0 < mr ? row1 - r0 : mr;
+                    const uint8_t *at = a + t * mr * SF_QGEMM_KCP;
                     char *ct = ctx->y + (r0 * n + p * SF_QGEMM_NR) * 4;
 #if SF_QGEMM_X86
-                    if (g->vnni)
+                    if (g->isa == SF_QGEMM_VNNI)
                         sf_qtile_vnni(kl4, at, bp, ct, n, rows, cols, first, last, al, be);
                     else
 #endif
@@ -389,6 +567,10 @@ static void sf_qgemm_worker(void *arg, size_t worker) {
         }
         atomic_fetch_add_explicit(&ctx->done, 1, memory_order_relaxed);
     }
+#if SF_QGEMM_X86
+    if (g->isa == SF_QGEMM_AMX)
+        sf_amx_end();
+#endif
 }
 
 sf_status sf_qgemm_run(const sf_qgemm *g, const sf_qgemm_geometry *geo, const uint8_t *x,
@@ -398,9 +580,11 @@ sf_status sf_qgemm_run(const sf_qgemm *g, const sf_qgemm_geometry *geo, const ui
     size_t threads, workers, items;
     if (!g || !geo || !x || !y || (alpha && !beta))
         return sf_error(SF_ERR_INVALID_ARG, "sf_qgemm_run: NULL argument");
-    if (g->vnni && !sf_qgemm_vnni_supported())
-        return sf_error(SF_ERR_UNSUPPORTED, "sf_qgemm_run: this CPU has no AVX512-VNNI");
+    if (!sf_qgemm_isa_supported(g->isa))
+        return sf_error(SF_ERR_UNSUPPORTED, "sf_qgemm_run: this CPU cannot run the layer's "
+                        "kernel");
     memset(&ctx, 0, sizeof ctx);
+    ctx.mr = g->isa == SF_QGEMM_AMX ? SF_QGEMM_AMX_MR : SF_QGEMM_MR;
     ctx.g = g;
     ctx.geo = geo;
     ctx.x = x;
@@ -413,7 +597,7 @@ sf_status sf_qgemm_run(const sf_qgemm *g, const sf_qgemm_geometry *geo, const ui
     threads = pool ? pthreadpool_get_threads_count(pool) : 1;
     if (threads < 1)
         threads = 1;
-    ctx.m_tiles = (ctx.m + SF_QGEMM_MR - 1) / SF_QGEMM_MR;
+    ctx.m_tiles = (ctx.m + ctx.mr - 1) / ctx.mr;
     ctx.m_blocks = (ctx.m_tiles + SF_QGEMM_TB - 1) / SF_QGEMM_TB;
     if (threads > 1) {
         ctx.m_blocks = (ctx.m_blocks + threads - 1) / threads * threads;
@@ -428,7 +612,7 @@ sf_status sf_qgemm_run(const sf_qgemm *g, const sf_qgemm_geometry *geo, const ui
             ctx.n_groups = g->panels;
     }
     ctx.k_blocks = (g->k + SF_QGEMM_KC - 1) / SF_QGEMM_KC;
-    ctx.kc = ((g->k + ctx.k_blocks - 1) / ctx.k_blocks + 3) / 4 * 4;
+    ctx.kc = ((g->k + ctx.k_blocks - 1) / ctx.k_blocks + 63) / 64 * 64;
     items = ctx.m_blocks * ctx.n_groups;
     workers = items < threads ? items : threads;
     atomic_init(&ctx.next, 0);
@@ -451,10 +635,11 @@ sf_status sf_qgemm_u8s8_test(sf_qbackend backend, const uint8_t *a, const int8_t
     int computing = 0;
     if (!a || !b || !c || !m || !n || !k)
         return sf_error(SF_ERR_INVALID_ARG, "sf_qgemm_u8s8_test: NULL pointer or zero size");
-    if (backend != SF_QBACKEND_VNNI && backend != SF_QBACKEND_REFERENCE)
-        return sf_error(SF_ERR_INVALID_ARG, "sf_qgemm_u8s8_test: backend must be vnni or "
+    if (backend != SF_QBACKEND_AMX && backend != SF_QBACKEND_VNNI &&
+        backend != SF_QBACKEND_REFERENCE)
+        return sf_error(SF_ERR_INVALID_ARG, "sf_qgemm_u8s8_test: backend must be amx, vnni or "
                         "reference");
-    SF_CHECK(sf_qgemm_create(k, n, 1, 1, b, backend == SF_QBACKEND_VNNI, &g));
+    SF_CHECK(sf_qgemm_create(k, n, 1, 1, b, sf_qgemm_isa_of(backend), &g));
     SF_CHECK(sf_compute_begin(&pool));
     computing = 1;
     sf_qgemm_geometry geo = {m, 1, 1, 1, 1, 1, 1, 0, 0};

@@ -395,7 +395,7 @@ static PyMethodDef qconv_methods[] = {
 
 static PyGetSetDef qconv_getset[] = {
     {"backend", (getter)qconv_get_backend, NULL,
-     "str: the back end that runs the layer ('vnni', 'xnnpack' or 'reference').", NULL},
+     "str: the back end that runs the layer ('amx', 'vnni', 'xnnpack' or 'reference').", NULL},
     {"packed_bytes", (getter)qconv_get_bytes, NULL,
      "int: bytes of packed weights and per-channel constants.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -636,7 +636,8 @@ static PyObject *py_quantize_rows(PyObject *mod, PyObject *wo) {
 static PyObject *py_int8_backends(PyObject *mod, PyObject *noargs) {
     (void)mod;
     (void)noargs;
-    return Py_BuildValue("{s:O,s:O,s:O,s:s,s:s}", "vnni",
+    return Py_BuildValue("{s:O,s:O,s:O,s:O,s:s,s:s}", "amx",
+                         sf_qbackend_available(SF_QBACKEND_AMX) ? Py_True : Py_False, "vnni",
                          sf_qbackend_available(SF_QBACKEND_VNNI) ? Py_True : Py_False,
                          "xnnpack", Py_True, "reference", Py_True, "auto_static",
                          sf_qbackend_name(sf_qbackend_resolve(SF_QBACKEND_AUTO, 1)),
@@ -654,7 +655,7 @@ static PyMethodDef quant_functions[] = {
      "Symmetric per-row quantization: scale = max|w| / 127 (1 for a zero row), q = round(w / "
      "scale) in [-127, 127]. Non-finite weights raise ValueError."},
     {"int8_backends", py_int8_backends, METH_NOARGS,
-     "int8_backends() -> dict\n\nWhich int8 back ends run here ('vnni', 'xnnpack', "
+     "int8_backends() -> dict\n\nWhich int8 back ends run here ('amx', 'vnni', 'xnnpack', "
      "'reference': bool) and what 'auto' picks for layers with static ('auto_static') and "
      "dynamic ('auto_dynamic') activation parameters (after SNAPFUSION_INT8)."},
     {NULL, NULL, 0, NULL},

@@ -1,4 +1,5 @@
-/* test_quant.c — int8 layers: the packed GEMM kernels (VNNI where the CPU has it, portable C)
+/* test_quant.c — int8 layers: the packed GEMM kernels (AMX and VNNI where the CPU has them,
+ * portable C)
  * against plain C loops on odd shapes with extreme values, quantized convolutions and linear
  * layers on every back end (static and dynamic activation parameters, padding, strides), NaN
  * inputs, argument checking, the calibration observer, and layers loaded from a safetensors
@@ -71,12 +72,17 @@ done:
 }
 
 static void test_gemm(void) {
-    static const size_t shapes[][3] = {{1, 1, 1},     {13, 33, 7},  {12, 32, 4},  {25, 65, 1029},
-                                       {37, 17, 2051}, {5, 100, 3}, {97, 31, 300}, {2, 40, 4097}};
-    sf_qbackend bes[2] = {SF_QBACKEND_REFERENCE, SF_QBACKEND_VNNI};
-    for (int e = 0; e < 2; e++) {
+    /* odd M, N, K around the tiles: 12-row VNNI and 16-row AMX tiles, 32-column panels,
+     * 64-byte AMX reduction steps, 1024-byte reduction blocks */
+    static const size_t shapes[][3] = {{1, 1, 1},      {13, 33, 7},   {12, 32, 4},  {25, 65, 1029},
+                                       {37, 17, 2051}, {5, 100, 3},   {97, 31, 300}, {2, 40, 4097},
+                                       {16, 32, 64},   {32, 64, 128}, {33, 47, 65},  {48, 16, 1024},
+                                       {300, 96, 2880}};
+    sf_qbackend bes[3] = {SF_QBACKEND_REFERENCE, SF_QBACKEND_VNNI, SF_QBACKEND_AMX};
+    for (int e = 0; e < 3; e++) {
         if (!sf_qbackend_available(bes[e])) {
-            printf("test_quant: no AVX512-VNNI here, VNNI kernel not tested\n");
+            printf("test_quant: this machine cannot run the %s kernel; not tested\n",
+                   sf_qbackend_name(bes[e]));
             continue;
         }
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
@@ -244,8 +250,9 @@ static void test_qconv(void) {
         {1, 6, 1, 64, 48, 1, 1, 0, 0, 0, 0},    /* 1x1 */
         {1, 3, 3, 8, 8, 3, 1, 0, 0, 0, 0},      /* valid (no padding) */
     };
-    sf_qbackend bes[3] = {SF_QBACKEND_REFERENCE, SF_QBACKEND_VNNI, SF_QBACKEND_XNNPACK};
-    for (int e = 0; e < 3; e++) {
+    sf_qbackend bes[4] = {SF_QBACKEND_REFERENCE, SF_QBACKEND_VNNI, SF_QBACKEND_XNNPACK,
+                          SF_QBACKEND_AMX};
+    for (int e = 0; e < 4; e++) {
         if (!sf_qbackend_available(bes[e]))
             continue;
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

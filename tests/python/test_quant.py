@@ -26,7 +26,7 @@ from snapfusion.convert.quantize import DEFAULT_KEEP_FP32, quantize_weight
 from snapfusion.convert.safetensors_io import save_safetensors
 from snapfusion.pipeline import Pipeline
 
-BACKENDS = ["reference", "xnnpack"] + (["vnni"] if _engine.int8_backends()["vnni"] else [])
+BACKENDS = (["reference", "xnnpack"] + [b for b in ("vnni", "amx") if _engine.int8_backends()[b]])
 
 #: Measured relative L2 errors of int8 (default settings) vs float32 on the golden models
 #: (unet_sd15_small: 0.055 at the output, every layer int8 0.058, dynamic 0.053; vae_sd_small
@@ -84,6 +84,7 @@ def qconv_reference(x: np.ndarray, wq: np.ndarray, ws: np.ndarray, bias: np.ndar
     (1, 9, 9, 20, 40, 3, 2, (0, 0, 1, 1)),
     (1, 4, 5, 130, 70, 3, 1, (1, 1, 1, 1)),
     (1, 6, 3, 64, 48, 1, 1, (0, 0, 0, 0)),
+    (2, 7, 9, 64, 80, 3, 1, (1, 1, 1, 1)),  # K a multiple of 64, 126 rows: full and partial tiles
 ])
 def test_qconv_matches_reference(backend: str, shape: tuple[Any, ...]) -> None:
     n, h, w, cin, cout, k, stride, pad = shape
