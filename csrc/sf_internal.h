@@ -55,9 +55,24 @@ enum {
     SF_SCRATCH_QUANT_OUT,
     SF_SCRATCH_QGEMM_PACK,
     SF_SCRATCH_WINOGRAD,
+    SF_SCRATCH_ATTENTION_AMX,
     SF_SCRATCH_SLOTS
 };
 void *sf_thread_scratch(int slot, size_t bytes);
+
+/* Intel AMX (Sapphire Rapids and later). sf_amx_supported: 1 if the CPU has the tile unit with
+ * the parts asked for (SF_AMX_INT8 | SF_AMX_BF16), the OS enables the tile state, and Linux
+ * granted this process its use (requested on the first call). sf_amx_begin loads the engine's
+ * one tile configuration on the calling thread (tiles 0-7: 16 rows of 64 bytes: int32 or
+ * float32 16 x 16 accumulators, int8 16 x 64 or bfloat16 16 x 32 operands) and sf_amx_end
+ * releases it; kernels bracket their tile code with the two. GCC's AMX intrinsics are asm
+ * statements that do not tell the compiler which memory they read or write: SF_AMX_BARRIER()
+ * goes between C code and tile loads or stores of the same memory. */
+enum { SF_AMX_INT8 = 1, SF_AMX_BF16 = 2 };
+int sf_amx_supported(unsigned need);
+void sf_amx_begin(void);
+void sf_amx_end(void);
+#define SF_AMX_BARRIER() __asm__ volatile("" ::: "memory")
 
 /* The shared thread pool. Compute code brackets its use of the pool with sf_compute_begin /
  * sf_compute_end (a read lock: sf_set_num_threads waits until no computation runs).

@@ -77,45 +77,8 @@ int sf_qgemm_vnni_supported(void) {
 #endif
 }
 
-#if SF_QGEMM_X86 && defined(__linux__)
-#include <cpuid.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#define SF_ARCH_REQ_XCOMP_PERM 0x1023
-#define SF_XFEATURE_XTILEDATA 18
-
-static int sf_qgemm_amx_ok = 0;
-static pthread_once_t sf_qgemm_amx_once = PTHREAD_ONCE_INIT;
-
-/* AMX-TILE and AMX-INT8 in CPUID, the tile state enabled by the OS (XCR0 bits 17, 18), and
- * Linux's permission for this process to use it (asked once). */
-static void sf_qgemm_amx_probe(void) {
-    unsigned a, b, c, d;
-    if (!sf_qgemm_vnni_supported())
-        return;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
-        return;
-    if (!(d & (1u << 24)) || !(d & (1u << 25)))
-        return;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) /* OSXSAVE */
-        return;
-    unsigned lo, hi;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    if ((lo & (3u << 17)) != (3u << 17))
-        return;
-    if (syscall(SYS_arch_prctl, SF_ARCH_REQ_XCOMP_PERM, SF_XFEATURE_XTILEDATA) != 0)
-        return;
-    sf_qgemm_amx_ok = 1;
-}
-#endif
-
 int sf_qgemm_amx_supported(void) {
-#if SF_QGEMM_X86 && defined(__linux__)
-    pthread_once(&sf_qgemm_amx_once, sf_qgemm_amx_probe);
-    return sf_qgemm_amx_ok;
-#else
-    return 0;
-#endif
+    return sf_qgemm_vnni_supported() && sf_amx_supported(SF_AMX_INT8);
 }
 
 static int sf_qgemm_isa_supported(int isa) {
@@ -309,32 +272,9 @@ sf_qtile_vnni(size_t kc4, const uint8_t *restrict a, const int8_t *restrict b, v
         }
     }
 }
-/* GCC's AMX intrinsics are asm statements that do not tell the compiler which memory they read
- * or write (ldtilecfg even claims to read 8 bytes of the 64): a compiler barrier goes between
- * C code and every tile load or store of the same memory. */
-#define SF_AMX_BARRIER() __asm__ volatile("" ::: "memory")
-
 /* AMX: tile registers 0-3 hold the int32 accumulators of up to 32 rows x 32 columns (tile
  * 2 * r + h: row tile r, column half h), 4-5 the two row tiles of activations, 6-7 the two
- * column halves of the weight panel. Every tile is 16 rows of 64 bytes. */
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} sf_amx_config;
-
-/* A constant in memory (a stack copy's stores could be dropped, see SF_AMX_BARRIER). */
-static const sf_amx_config sf_amx_cfg __attribute__((aligned(64))) = {
-    1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
-
-__attribute__((target("amx-tile"))) static void sf_amx_begin(void) {
-    SF_AMX_BARRIER();
-    _tile_loadconfig(&sf_amx_cfg);
-}
-
-__attribute__((target("amx-tile"))) static void sf_amx_end(void) {
-    _tile_release();
-}
+ * column halves of the weight panel (sf_amx_begin's configuration). */
 
 /* Copy a rows x cols block of int32 between memory at row stride ld (elements) and a dense
  * 16 x 16 buffer (zero elsewhere when filling the buffer). */

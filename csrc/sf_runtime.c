@@ -250,6 +250,69 @@ void sf_aligned_free(void *p) {
     free(p);
 }
 
+/* ---- AMX ---------------------------------------------------------------------------------- */
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#include <immintrin.h>
+#include <sys/syscall.h>
+#define SF_ARCH_REQ_XCOMP_PERM 0x1023
+#define SF_XFEATURE_XTILEDATA 18
+
+static pthread_once_t sf_amx_once = PTHREAD_ONCE_INIT;
+static unsigned sf_amx_parts = 0;
+
+static void sf_amx_probe(void) {
+    unsigned a, b, c, d, lo, hi, parts = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24))) /* AMX-TILE */
+        return;
+    if (d & (1u << 25))
+        parts |= SF_AMX_INT8;
+    if (d & (1u << 22))
+        parts |= SF_AMX_BF16;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) /* OSXSAVE */
+        return;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) /* XTILECFG, XTILEDATA */
+        return;
+    if (syscall(SYS_arch_prctl, SF_ARCH_REQ_XCOMP_PERM, SF_XFEATURE_XTILEDATA) != 0)
+        return;
+    sf_amx_parts = parts;
+}
+
+int sf_amx_supported(unsigned need) {
+    pthread_once(&sf_amx_once, sf_amx_probe);
+    return need != 0 && (sf_amx_parts & need) == need;
+}
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} sf_amx_config;
+
+/* A constant in memory (the stores filling a stack copy could be dropped: SF_AMX_BARRIER). */
+static const sf_amx_config sf_amx_cfg __attribute__((aligned(64))) = {
+    1, 0, {0}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+__attribute__((target("amx-tile"))) void sf_amx_begin(void) {
+    SF_AMX_BARRIER();
+    _tile_loadconfig(&sf_amx_cfg);
+}
+
+__attribute__((target("amx-tile"))) void sf_amx_end(void) {
+    _tile_release();
+}
+#else
+int sf_amx_supported(unsigned need) {
+    (void)need;
+    return 0;
+}
+
+void sf_amx_begin(void) {}
+
+void sf_amx_end(void) {}
+#endif
+
 /* ---- per-thread growable scratch ---------------------------------------------------------- */
 
 typedef struct {
