@@ -801,6 +801,347 @@ static void att_task(void *ctx, size_t slot_index) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* AMX path: bfloat16 products, float32 sums                                                  */
+/* ------------------------------------------------------------------------------------------ */
+/*
+ * Calls with sf_attention_params.bf16 and no causal mask run here on CPUs with AMX-BF16 and
+ * AVX512-BF16. First the keys and values of every (batch, head) are rounded to bfloat16 and
+ * packed, zero-padded (head_dim to dpad, a multiple of 32; keys to nkp, a multiple of 32), in
+ * the layouts of the tile operands (in the workspace):
+ *   keys:   [key block of 16][d block of 32][16 pairs of d][16 keys][2]  (B of S = Q K^T)
+ *   values: [key block of 32][d block of 16][16 pairs of keys][16 d][2]  (B of O = P V)
+ * Then a work item is ATTX_QB = 32 queries of one (batch, head), in the thread's scratch:
+ *   Q * scale * log2(e) in bfloat16; S = Q K^T over all keys (2 x 2 tiles of 16 x 16 float32
+ *   accumulators); per row the exact softmax (exp2 in float32 to bfloat16 precision, P rounded
+ *   to bfloat16, the sum in float32; the shift is a bound from the norms where that is safe,
+ *   else the row's maximum); O = P V (2 x 2 tiles); out = O / sum.
+ * Scratch is O(32 * (kv_len + head_dim)) per thread and the packed copies O((q + k) * dim):
+ * never O(q_len * kv_len). Items are independent: results do not depend on the thread count.
+ */
+#if SF_ATT_X86
+#define SF_ATTX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq," \
+                                      "avx512bf16,fma")))
+
+enum { ATTX_QB = 32, ATTX_SHIFT = 64 };
+
+typedef struct {
+    const float *q, *k, *v;
+    float *out;
+    size_t heads, q_len, kv_len, dim, dpad, nkp;
+    size_t qs, ks, vs, os;
+    float qscale;
+    uint16_t *kp, *vp; /* nkp * dpad values per (batch, head) each */
+    float *knorm;      /* per (batch, head): the largest norm of its keys (in bfloat16) */
+    size_t q_blocks, items, scratch_bytes;
+    atomic_size_t next;
+} attx_ctx;
+
+static uint64_t att_macs(const sf_attention_params *p);
+
+static int attx_available(void) {
+    const char *env = getenv("SNAPFUSION_ATTENTION_ISA");
+    if (env && *env && strcmp(env, "amx") != 0)
+        return 0; /* a lower path was asked for */
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bf16") && sf_amx_supported(SF_AMX_BF16);
+}
+
+static void attx_geometry(const sf_attention_params *p, size_t *dpad, size_t *nkp) {
+    *dpad = (p->head_dim + 31) / 32 * 32;
+    *nkp = (p->kv_len + 31) / 32 * 32;
+}
+
+/* Bytes of the packed keys and values (the workspace of the AMX path). */
+static int attx_workspace_bytes(const sf_attention_params *p, size_t *bytes) {
+    size_t dpad, nkp;
+    attx_geometry(p, &dpad, &nkp);
+    size_t per_head; /* packed keys and values, the key norm, rounded to 64 bytes */
+    if (!sf_mul_n_ok(&per_head, 3, nkp, dpad, 2 * sizeof(uint16_t)))
+        return 0;
+    return sf_mul_n_ok(bytes, 3, p->batch, p->heads, per_head + 64);
+}
+
+/* 2^x for x <= 0 to the precision of bfloat16: a degree-3 polynomial on [-0.5, 0.5]
+ * (relative error < 1e-4, well below bfloat16's 2^-9); 0 below -150, NaN kept. */
+SF_ATTX static inline __m512 attx_exp2(__m512 x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x); /* second operand kept when NaN */
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(5.5504108664e-02f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* n floats (a row of the head) * scale to bfloat16 at dst, zero up to dpad. */
+SF_ATTX static void attx_row_bf16(const float *src, size_t n, float scale, size_t dpad,
+                                  uint16_t *dst) {
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (size_t d = 0; d < dpad; d += 16) {
+        __mmask16 m = d >= n ? 0 : n - d >= 16 ? (__mmask16)0xffff
+                                                : (__mmask16)((1u << (n - d)) - 1u);
+        __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, src ? src + d : src), sc);
+        __m256bh h = _mm512_cvtneps_pbh(x);
+        _mm256_storeu_si256((__m256i *)(dst + d), (__m256i)h);
+    }
+}
+
+/* Euclidean norm of n bfloat16 values (n a multiple of 16), rounded up by a relative 2^-10
+ * to cover the float32 sums of the tiles; NaN if a value is. */
+SF_ATTX static float attx_norm_bf16(const uint16_t *x, size_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    for (size_t d = 0; d < n; d += 16) {
+        __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(x + d))), 16));
+        acc = _mm512_fmadd_ps(v, v, acc);
+    }
+    return sqrtf(_mm512_reduce_add_ps(acc)) * (1.0f + 1.0f / 1024.0f);
+}
+
+/* Task t < batch * heads packs the keys of (batch, head) t (and the largest key norm), the
+ * others the values. */
+SF_ATTX static void attx_pack_task(void *arg, size_t t) {
+    attx_ctx *c = arg;
+    const size_t bhs = c->items / c->q_blocks, bh = t % bhs, b = bh / c->heads, h = bh % c->heads;
+    const size_t dpad = c->dpad, nkp = c->nkp, nk = c->kv_len, dim = c->dim;
+    uint16_t r0[ATT_MAX_DIM + 32] __attribute__((aligned(64)));
+    uint16_t r1[ATT_MAX_DIM + 32] __attribute__((aligned(64)));
+    if (t < bhs) {
+        const float *kb = c->k + b * nk * c->ks + h * dim;
+        uint32_t *dst = (uint32_t *)(c->kp + bh * nkp * dpad);
+        const size_t nds = dpad / 32;
+        float knorm = 0.0f;
+        for (size_t j = 0; j < nkp; j++) {
+            attx_row_bf16(j < nk ? kb + j * c->ks : NULL, j < nk ? dim : 0, 1.0f, dpad, r0);
+            float n = attx_norm_bf16(r0, dpad);
+            knorm = isnan(knorm) || n <= knorm ? knorm : n; /* NaN sticks */
+            const uint32_t *pairs = (const uint32_t *)r0;
+            uint32_t *col = dst + (j / 16) * nds * 256 + j % 16;
+            for (size_t ds = 0; ds < nds; ds++)
+                for (size_t r = 0; r < 16; r++)
+                    col[(ds * 16 + r) * 16] = pairs[ds * 16 + r];
+        }
+        c->knorm[bh] = knorm;
+    } else {
+        const float *vb = c->v + b * nk * c->vs + h * dim;
+        uint16_t *dst = c->vp + bh * nkp * dpad;
+        const size_t ndc = dpad / 16;
+        for (size_t j = 0; j < nkp; j += 2) {
+            attx_row_bf16(j < nk ? vb + j * c->vs : NULL, j < nk ? dim : 0, 1.0f, dpad, r0);
+            attx_row_bf16(j + 1 < nk ? vb + (j + 1) * c->vs : NULL, j + 1 < nk ? dim : 0, 1.0f,
+                          dpad, r1);
+            uint16_t *row = dst + ((j / 32) * ndc * 16 + (j % 32) / 2) * 32;
+            for (size_t dc = 0; dc < ndc; dc++) {
+                __m512i lo = _mm512_cvtepu16_epi32(_mm256_load_si256((const __m256i *)(r0 + 16 * dc)));
+                __m512i hi = _mm512_cvtepu16_epi32(_mm256_load_si256((const __m256i *)(r1 + 16 * dc)));
+                _mm512_storeu_si512((void *)(row + dc * 512),
+                                    _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+            }
+        }
+    }
+}
+
+/* One work item (see above). scratch: attx_ctx.scratch_bytes. */
+SF_ATTX static void attx_item(const attx_ctx *c, unsigned char *scratch, size_t item) {
+    const size_t dpad = c->dpad, nkp = c->nkp, nk = c->kv_len, dim = c->dim;
+    const size_t qblk = item % c->q_blocks, bh = item / c->q_blocks;
+    const size_t b = bh / c->heads, h = bh % c->heads, i0 = qblk * ATTX_QB;
+    const size_t nq = c->q_len - i0 < ATTX_QB ? c->q_len - i0 : ATTX_QB;
+    uint16_t *qp = (uint16_t *)scratch;                       /* [32][dpad] */
+    float *s = (float *)(scratch + ATTX_QB * dpad * 2);       /* [32][nkp] */
+    uint16_t *p = (uint16_t *)(s + ATTX_QB * nkp);            /* [32][nkp] */
+    float *o = (float *)(p + ATTX_QB * nkp);                  /* [32][dpad] */
+    float l[ATTX_QB];
+    const uint16_t *kp = c->kp + bh * nkp * dpad, *vp = c->vp + bh * nkp * dpad;
+    const float *qb = c->q + (b * c->q_len + i0) * c->qs + h * dim;
+
+    float qn[ATTX_QB];
+    for (size_t i = 0; i < ATTX_QB; i++) {
+        attx_row_bf16(i < nq ? qb + i * c->qs : NULL, i < nq ? dim : 0, c->qscale, dpad,
+                      qp + i * dpad);
+        qn[i] = attx_norm_bf16(qp + i * dpad, dpad);
+    }
+    SF_AMX_BARRIER();
+    const size_t nds = dpad / 32;
+    for (size_t kb = 0; kb < nkp / 16; kb += 2) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (size_t ds = 0; ds < nds; ds++) {
+            _tile_loadd(4, qp + ds * 32, dpad * 2);
+            _tile_loadd(5, qp + 16 * dpad + ds * 32, dpad * 2);
+            _tile_loadd(6, kp + (kb * nds + ds) * 512, 64);
+            _tile_loadd(7, kp + ((kb + 1) * nds + ds) * 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, s + kb * 16, nkp * 4);
+        _tile_stored(1, s + kb * 16 + 16, nkp * 4);
+        _tile_stored(2, s + 16 * nkp + kb * 16, nkp * 4);
+        _tile_stored(3, s + 16 * nkp + kb * 16 + 16, nkp * 4);
+    }
+    SF_AMX_BARRIER();
+    for (size_t i = 0; i < ATTX_QB; i++) {
+        const float *sr = s + i * nkp;
+        uint16_t *pr = p + i * nkp;
+        /* The shift of the softmax: any m >= max_j s[j] is exact; the bound
+         * |s[j]| <= |q| max|k| (Cauchy-Schwarz) avoids a pass over the row when it leaves every
+         * exp2 above 2^-ATTX_SHIFT (far from bfloat16's and the tiles' flushed denormals). */
+        float bound = qn[i] * c->knorm[bh];
+        if (!(bound <= 0.5f * ATTX_SHIFT)) { /* large (or NaN): the row's maximum */
+            __m512 mx = _mm512_set1_ps(-INFINITY);
+            size_t j = 0;
+            for (; j + 16 <= nk; j += 16)
+                mx = _mm512_max_ps(_mm512_loadu_ps(sr + j), mx);
+            if (j < nk) {
+                __mmask16 tail = (__mmask16)((1u << (nk - j)) - 1u);
+                mx = _mm512_mask_max_ps(mx, tail, _mm512_maskz_loadu_ps(tail, sr + j), mx);
+            }
+            bound = _mm512_reduce_max_ps(mx);
+            if (isnan(qn[i]) || isnan(c->knorm[bh]))
+                bound = NAN;
+        }
+        const __m512 m = _mm512_set1_ps(bound);
+        __m512 sum = _mm512_setzero_ps();
+        for (size_t j = 0; j < nkp; j += 16) {
+            __mmask16 live = j + 16 <= nk ? (__mmask16)0xffff
+                             : j < nk      ? (__mmask16)((1u << (nk - j)) - 1u)
+                                           : (__mmask16)0;
+            __m512 e = attx_exp2(_mm512_sub_ps(_mm512_loadu_ps(sr + j), m));
+            e = _mm512_maskz_mov_ps(live, e);
+            _mm256_storeu_si256((__m256i *)(pr + j), (__m256i)_mm512_cvtneps_pbh(e));
+            sum = _mm512_add_ps(sum, e);
+        }
+        l[i] = _mm512_reduce_add_ps(sum);
+    }
+    SF_AMX_BARRIER();
+    const size_t ndc = dpad / 16;
+    for (size_t dc = 0; dc < ndc; dc += 2) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (size_t kb = 0; kb < nkp / 32; kb++) {
+            _tile_loadd(4, p + kb * 32, nkp * 2);
+            _tile_loadd(5, p + 16 * nkp + kb * 32, nkp * 2);
+            _tile_loadd(6, vp + (kb * ndc + dc) * 512, 64);
+            _tile_loadd(7, vp + (kb * ndc + dc + 1) * 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, o + dc * 16, dpad * 4);
+        _tile_stored(1, o + dc * 16 + 16, dpad * 4);
+        _tile_stored(2, o + 16 * dpad + dc * 16, dpad * 4);
+        _tile_stored(3, o + 16 * dpad + dc * 16 + 16, dpad * 4);
+    }
+    SF_AMX_BARRIER();
+    float *ob = c->out + (b * c->q_len + i0) * c->os + h * dim;
+    for (size_t i = 0; i < nq; i++) {
+        const __m512 inv = _mm512_set1_ps(1.0f / l[i]);
+        for (size_t d = 0; d < dim; d += 16) {
+            __mmask16 m = dim - d >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (dim - d)) - 1u);
+            _mm512_mask_storeu_ps(ob + i * c->os + d, m,
+                                  _mm512_mul_ps(_mm512_loadu_ps(o + i * dpad + d), inv));
+        }
+    }
+}
+
+static void attx_task(void *arg, size_t t) {
+    attx_ctx *c = arg;
+    (void)t;
+    unsigned char *scratch = sf_thread_scratch(SF_SCRATCH_ATTENTION_AMX, c->scratch_bytes);
+    if (!scratch)
+        return; /* the other tasks take the items; attx_run reports if none could */
+    sf_amx_begin();
+    for (;;) {
+        size_t item = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
+        if (item >= c->items)
+            break;
+        attx_item(c, scratch, item);
+    }
+    sf_amx_end();
+}
+
+/* A validated call on the AMX path; workspace: attx_workspace_bytes, or NULL. */
+static sf_status attx_run(const sf_attention_params *p, const size_t strides[4], const float *q,
+                          const float *k, const float *v, float *out, void *workspace) {
+    static const char fn[] = "sf_attention";
+    sf_status st = SF_OK;
+    pthreadpool_t pool = NULL;
+    void *own = NULL;
+    int began = 0;
+    size_t ws_bytes, threads;
+    attx_ctx c;
+    memset(&c, 0, sizeof c);
+    c.q = q;
+    c.k = k;
+    c.v = v;
+    c.out = out;
+    c.heads = p->heads;
+    c.q_len = p->q_len;
+    c.kv_len = p->kv_len;
+    c.dim = p->head_dim;
+    attx_geometry(p, &c.dpad, &c.nkp);
+    c.qs = strides[0];
+    c.ks = strides[1];
+    c.vs = strides[2];
+    c.os = strides[3];
+    c.qscale = (p->scale != 0.0f ? p->scale : 1.0f / sqrtf((float)p->head_dim)) * ATT_LOG2E;
+    c.q_blocks = (p->q_len + ATTX_QB - 1) / ATTX_QB;
+    if (!attx_workspace_bytes(p, &ws_bytes) ||
+        !sf_mul_n_ok(&c.items, 3, p->batch, p->heads, c.q_blocks) ||
+        !sf_mul_n_ok(&c.scratch_bytes, 3, (size_t)ATTX_QB, c.nkp + c.dpad, (size_t)6))
+        SF_FAIL(SF_ERR_INVALID_ARG, "%s: sizes overflow", fn);
+    if (workspace) {
+        c.kp = workspace;
+    } else {
+        own = sf_aligned_alloc(ws_bytes);
+        if (!own)
+            SF_FAIL(SF_ERR_OOM, "%s: cannot allocate %zu bytes of workspace", fn, ws_bytes);
+        c.kp = own;
+    }
+    c.vp = c.kp + c.items / c.q_blocks * c.nkp * c.dpad;
+    c.knorm = (float *)(c.vp + c.items / c.q_blocks * c.nkp * c.dpad);
+    atomic_init(&c.next, 0);
+    SF_CHECK(sf_compute_begin(&pool));
+    began = 1;
+    pthreadpool_parallelize_1d(pool, attx_pack_task, &c, 2 * p->batch * p->heads,
+                               PTHREADPOOL_FLAG_DISABLE_DENORMALS);
+    threads = pool ? pthreadpool_get_threads_count(pool) : 1;
+    if (threads > c.items)
+        threads = c.items;
+    pthreadpool_parallelize_1d(pool, attx_task, &c, threads, PTHREADPOOL_FLAG_DISABLE_DENORMALS);
+    if (atomic_load(&c.next) < c.items) /* every task failed to get its scratch */
+        SF_FAIL(SF_ERR_OOM, "%s: out of memory (%zu bytes of scratch per thread)", fn,
+                c.scratch_bytes);
+    sf_mac_counter_add(att_macs(p));
+fail:
+    if (began)
+        sf_compute_end();
+    sf_aligned_free(own);
+    return st;
+}
+#endif /* SF_ATT_X86 */
+
+/* Whether a validated call runs on the AMX path. */
+static int att_use_amx(const sf_attention_params *p) {
+#if SF_ATT_X86
+    return p->bf16 && !p->causal && attx_available();
+#else
+    (void)p;
+    return 0;
+#endif
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Public functions                                                                           */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -905,6 +1246,13 @@ sf_status sf_attention_workspace_size(const sf_attention_params *p, size_t *byte
     st = sf_init();
     if (st != SF_OK)
         return st;
+#if SF_ATT_X86
+    if (att_use_amx(p)) {
+        if (!attx_workspace_bytes(p, bytes))
+            return sf_error(SF_ERR_INVALID_ARG, "%s: workspace size overflows", fn);
+        return SF_OK;
+    }
+#endif
     st = att_make_plan(fn, p, (size_t)sf_get_num_threads(), &plan);
     if (st != SF_OK)
         return st;
@@ -950,6 +1298,10 @@ sf_status sf_attention(const sf_attention_params *p, const float *q, const float
                 !q ? "q" : !k ? "k" : !v ? "v" : "out");
     if (workspace && ((uintptr_t)workspace % SF_ALIGN) != 0)
         SF_FAIL(SF_ERR_INVALID_ARG, "%s: workspace must be %d-byte aligned", fn, SF_ALIGN);
+#if SF_ATT_X86
+    if (att_use_amx(p))
+        return attx_run(p, strides, q, k, v, out, workspace);
+#endif
 
     c = calloc(1, sizeof *c);
     if (!c)

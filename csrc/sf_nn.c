@@ -111,6 +111,10 @@ struct sf_linear_layer {
     char *name;
 };
 
+int sf_linear_layer_is_int8(const sf_linear_layer *l) {
+    return l && l->q != NULL;
+}
+
 /* The layer's name in the file: `prefix.weight`'s file name without ".weight" (renames and
  * the weights' prefix applied); fused layers join their names with '|'. */
 static char *layer_name(sf_weights *w, size_t n, const char *const *prefixes) {
@@ -497,6 +501,8 @@ sf_status sf_attn_run(sf_attn *at, sf_arena *a, const float *x, size_t batch, si
     p.q_len = len;
     p.head_dim = d / at->heads;
     p.causal = causal;
+    /* a quantized model's attention takes bfloat16 products (AMX) where the CPU has them */
+    p.bf16 = sf_linear_layer_is_int8(at->self_attn ? at->qkv : at->q);
     if (at->self_attn) {
         SF_CHECK(scratch(a, rows * 3 * d, &proj));
         SF_CHECK(sf_linear_layer_run(at->qkv, x, rows, proj));

@@ -74,6 +74,8 @@ sf_status sf_conv_layer_output_size(const sf_conv_layer *l, size_t h, size_t w, 
 void sf_conv_layer_destroy(sf_conv_layer *l);
 /* As sf_linear_run / sf_linear_destroy. */
 sf_status sf_linear_layer_run(sf_linear_layer *l, const float *x, size_t rows, float *y);
+/* 1 if the layer runs int8 weights. */
+int sf_linear_layer_is_int8(const sf_linear_layer *l);
 void sf_linear_layer_destroy(sf_linear_layer *l);
 
 /* ---- ResNet block (diffusers ResnetBlock2D) ---- */

@@ -29,7 +29,6 @@
  * to pool tasks; each thread packs into its own buffer (allocated on first use, freed when the
  * thread exits).
  */
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>

@@ -288,6 +288,10 @@ typedef struct {
     size_t q_stride, k_stride, v_stride, out_stride;
     float scale; /* 0 means 1/sqrt(head_dim) */
     int causal;  /* mask keys j > i (CLIP's text encoder) */
+    /* 1: Q K^T and P V as bfloat16 products with float32 sums on AMX-BF16 tiles, where the CPU
+     * has them and causal is 0 (the engine's int8 models use it); otherwise ignored. Scores
+     * and probabilities are rounded to 8 significant bits: about 1e-2 relative error. */
+    int bf16;
 } sf_attention_params;
 
 /* Bytes of scratch that sf_attention needs (independent of the data, O(threads * block *

@@ -26,11 +26,11 @@ static Py_ssize_t att_py_size(PyObject *obj, const char *name, int allow_zero) {
 
 static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"q", "k", "v", "heads", "causal", "scale", NULL};
+    static char *kwlist[] = {"q", "k", "v", "heads", "causal", "scale", "bf16", NULL};
     PyObject *q_obj, *k_obj, *v_obj, *heads_obj, *scale_obj = Py_None;
-    int causal = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|pO:attention", kwlist, &q_obj, &k_obj,
-                                     &v_obj, &heads_obj, &causal, &scale_obj))
+    int causal = 0, bf16 = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|pOp:attention", kwlist, &q_obj, &k_obj,
+                                     &v_obj, &heads_obj, &causal, &scale_obj, &bf16))
         return NULL;
     Py_ssize_t heads = att_py_size(heads_obj, "heads", 0);
     if (heads < 0)
@@ -99,6 +99,7 @@ static PyObject *py_attention(PyObject *self, PyObject *args, PyObject *kwargs) 
     p.head_dim = (size_t)(width / heads);
     p.scale = scale;
     p.causal = causal;
+    p.bf16 = bf16;
     const float *qd = PyArray_DATA(q), *kd = PyArray_DATA(k), *vd = PyArray_DATA(v);
     float *od = PyArray_DATA(out);
     sf_status st;
@@ -150,11 +151,13 @@ static PyObject *py_attention_workspace_size(PyObject *self, PyObject *args) {
 
 static PyMethodDef attention_methods[] = {
     {"attention", (PyCFunction)(void (*)(void))py_attention, METH_VARARGS | METH_KEYWORDS,
-     "attention(q, k, v, heads, causal=False, scale=None) -> ndarray\n\n"
+     "attention(q, k, v, heads, causal=False, scale=None, bf16=False) -> ndarray\n\n"
      "Multi-head scaled-dot-product attention, softmax(q k^T * scale) v per head.\n"
      "q: (batch, q_len, heads * head_dim); k, v: (batch, kv_len, heads * head_dim); any real\n"
      "dtype (computed in float32). causal masks keys j > i (q_len == kv_len). scale defaults\n"
-     "to 1 / sqrt(head_dim). Returns (batch, q_len, heads * head_dim) float32."},
+     "to 1 / sqrt(head_dim). bf16: bfloat16 products on AMX tiles where the CPU has them\n"
+     "(not with causal; float32 elsewhere), as the engine's int8 models run it. Returns\n"
+     "(batch, q_len, heads * head_dim) float32."},
     {"attention_workspace_size", py_attention_workspace_size, METH_VARARGS,
      "attention_workspace_size(batch, heads, q_len, kv_len, head_dim) -> int\n\n"
      "Bytes of scratch the attention kernel uses at the current thread count."},

@@ -232,3 +232,43 @@ def test_bad_inputs() -> None:
             engine.attention(q, k, v, 2, scale=scale)
     with pytest.raises(TypeError):
         engine.attention(q, k, v, 2, scale="0.1")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 300, 300, 40), (2, 8, 130, 77, 40), (1, 4, 70, 90, 80),
+                                   (1, 2, 33, 40, 160), (2, 3, 5, 1, 7)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_bf16_products_match_torch(shape: tuple[int, int, int, int, int], threads: int) -> None:
+    """bf16=True (the int8 models' attention: AMX tiles where the CPU has them, float32 paths
+    elsewhere) keeps 8 significant bits in scores and probabilities: within 1e-2 of max|ref|
+    (measured 2e-3 - 6e-3 on these shapes)."""
+    b, h, lq, lkv, d = shape
+    rng = np.random.default_rng(lq + lkv + d)
+    q, k, v = random_qkv(rng, b, lq, lkv, h * d)
+    ref = torch_attention(q, k, v, h)
+    assert_close(engine.attention(q, k, v, h, bf16=True), ref, rel=1e-2)
+    # scores too large for the norm bound: the exact row maximum is used
+    q8, k8 = 8 * q, 8 * k
+    ref8 = torch_attention(q8, k8, v, h)
+    assert_close(engine.attention(q8, k8, v, h, bf16=True), ref8, rel=0.2)
+
+
+def test_bf16_thread_count_gives_identical_bits_and_nan() -> None:
+    rng = np.random.default_rng(16)
+    q, k, v = random_qkv(rng, 2, 200, 150, 2 * 40)
+    before = engine.get_num_threads()
+    try:
+        engine.set_num_threads(1)
+        one = engine.attention(q, k, v, 2, bf16=True)
+        engine.set_num_threads(2)
+        two = engine.attention(q, k, v, 2, bf16=True)
+    finally:
+        engine.set_num_threads(before)
+    np.testing.assert_array_equal(one, two)
+    # causal attention ignores bf16 (float32 path, exact)
+    qc = q[:, :150]
+    np.testing.assert_array_equal(engine.attention(qc, k, v, 2, causal=True, bf16=True),
+                                  engine.attention(qc, k, v, 2, causal=True))
+    q[0, 4, 3] = np.nan
+    out = engine.attention(q, k, v, 2, bf16=True)
+    assert np.isnan(out[0, 4, :40]).all() and np.isfinite(out[0, 4, 40:]).all()
+    assert np.isfinite(np.delete(out[0], 4, axis=0)).all() and np.isfinite(out[1]).all()
