@@ -220,6 +220,7 @@ def prepare_variants(cache: Path, qcache: Path) -> None:
 
     from snapfusion import _engine
     from snapfusion.convert import convert
+    from snapfusion.convert.quantize import DEFAULT_KEEP_FP32
 
     _engine.set_num_threads(os.cpu_count() or 1)
     rng = np.random.default_rng(1)
@@ -245,7 +246,9 @@ def prepare_variants(cache: Path, qcache: Path) -> None:
                 continue
             dst = qcache / f"{comp}_{weights}"
             if (dst / "config.json").is_file():
-                continue
+                q = json.loads((dst / "config.json").read_text()).get("quantization", {})
+                if weights != "int8" or q.get("keep_fp32_patterns") == list(DEFAULT_KEEP_FP32):
+                    continue  # converted with today's defaults
             print(f"converting {comp} to {weights} ...", flush=True)
             convert(cache / comp, dst, weights=weights,
                     calibrate=cal if weights == "int8" else None, overwrite=True)
@@ -275,32 +278,48 @@ def _build(variant: str, comp: str, size: int, cache: Path, qcache: Path) -> tup
     else:
         folder = qcache / f"{folder_name}_{'fp16' if variant == 'fp16' else 'int8'}"
     # the int8 back end is chosen when the layers are created
-    os.environ["SNAPFUSION_INT8"] = "xnnpack" if variant == "int8_xnnpack" else "vnni"
+    os.environ["SNAPFUSION_INT8"] = {"int8_xnnpack": "xnnpack", "int8_vnni": "vnni"}.get(variant, "auto")
     rng = np.random.default_rng(0)
     lat = size // 8
-    if comp == "pipeline":  # a whole generation: text encoder, 2 UNet steps with CFG, decoder
+    if comp in ("pipeline", "pipeline_resident"):
+        # a whole generation: text encoder, 2 UNet steps with CFG, decoder. "pipeline": one
+        # model in memory at a time, as Pipeline.from_pretrained(..., low_memory=True) (each
+        # is loaded and checked, unloaded, and loaded again for its stage only);
+        # "pipeline_resident": the three models stay loaded and each stage frees its
+        # activations when it ends (Pipeline.enable_low_memory())
         from snapfusion.components import TextEncoder
 
+        resident = comp == "pipeline_resident"
         q = variant.split("_")[0]
         folders = [qcache / "text_encoder_int8" if q == "int8" else cache / "text_encoder",
                    qcache / f"unet_{q}" if q != "fp32" else cache / "unet",
                    qcache / f"vae_{q}" if q != "fp32" else cache / "vae"]
-        te = TextEncoder(folders[0])
-        unet = UNet(folders[1])
-        vae = AutoencoderKL(folders[2], encoder=False, strict=False)
+        models = []
+        for make, f in ((TextEncoder, folders[0]), (UNet, folders[1]), (AutoencoderKL, folders[2])):
+            m = make(f, encoder=False, strict=False) if make is AutoencoderKL else make(f)
+            if not resident:
+                m.unload()
+            models.append(m)
+        te, unet, vae = models
         ids = np.full((2, 77), 49407, np.int64)
         ids[:, 0] = 49406
 
-        def generation() -> None:  # as Pipeline with enable_low_memory(): stages free their activations
+        def done(m: Any) -> None:
+            if resident:
+                m.release_memory()
+            else:
+                m.unload()
+
+        def generation() -> None:
             ctx = te(ids)
-            te.release_memory()
+            done(te)
             x = rng.standard_normal((1, 4, lat, lat)).astype(np.float32)
             for t in (999, 500):
                 e = unet(np.concatenate([x, x]), t, ctx)
                 x = x - 0.1 * (e[1:] + 7.5 * (e[1:] - e[:1]))
-            unet.release_memory()
+            done(unet)
             vae.decode(x)
-            vae.release_memory()
+            done(vae)
         return generation, folders
     if comp == "unet":
         model = UNet(folder)
@@ -392,12 +411,13 @@ def models(args: argparse.Namespace, vnni_peak: float | None) -> dict[str, Any]:
                       f"{gops:8.1f} {100 * row.get('vnni_fraction', float('nan')):5.1f}% "
                       f"{m['rss_mb']:8.0f} {m['rss_after_load_mb']:8.0f} {m['size_mb']:8.0f}",
                       flush=True)
-    # peak memory of a whole generation (text encoder, UNet with CFG, decoder; each stage frees its
-    # activations when it ends, as Pipeline.enable_low_memory()), each variant in a process of its own
+    # peak memory of a whole generation (text encoder, UNet with CFG, decoder), each variant in
+    # a process of its own: one model in memory at a time (low_memory=True), and all resident
     for size in sizes:
-        for variant in ("fp32", "int8_own"):
-            m = run_worker(variant, "pipeline", size, args, rss=True)
-            name = f"pipeline_{size}_{variant}"
+        for variant, comp in (("fp32", "pipeline_resident"), ("int8_own", "pipeline_resident"),
+                              ("fp32", "pipeline"), ("int8_own", "pipeline")):
+            m = run_worker(variant, comp, size, args, rss=True)
+            name = f"pipeline_{size}_{variant}" + ("_resident" if comp != "pipeline" else "")
             results[name] = {"rss_mb": m["rss_mb"], "rss_after_load_mb": m["rss_after_load_mb"],
                              "size_mb": m["size_mb"]}
             print(f"{name:24s} {'':8s} {'':8s} {'':8s} {'':8s} {'':6s} {m['rss_mb']:8.0f} "

@@ -810,7 +810,8 @@ static void att_task(void *ctx, size_t slot_index) {
  * the layouts of the tile operands (in the workspace):
  *   keys:   [key block of 16][d block of 32][16 pairs of d][16 keys][2]  (B of S = Q K^T)
  *   values: [key block of 32][d block of 16][16 pairs of keys][16 d][2]  (B of O = P V)
- * Then a work item is ATTX_QB = 32 queries of one (batch, head), in the thread's scratch:
+ * (ATTX_GROUP pairs at a time). Then a work item is ATTX_QB = 32 queries of one of those
+ * (batch, head) pairs, in the thread's scratch:
  *   Q * scale * log2(e) in bfloat16; S = Q K^T over all keys (2 x 2 tiles of 16 x 16 float32
  *   accumulators); per row the exact softmax (exp2 in float32 to bfloat16 precision, P rounded
  *   to bfloat16, the sum in float32; the shift is a bound from the norms where that is safe,
@@ -822,7 +823,9 @@ static void att_task(void *ctx, size_t slot_index) {
 #define SF_ATTX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq," \
                                       "avx512bf16,fma")))
 
-enum { ATTX_QB = 32, ATTX_SHIFT = 64 };
+/* ATTX_QB queries per work item; ATTX_GROUP (batch, head) pairs packed and run per round (the
+ * packed copies of a round are the workspace); exp2 arguments stay above -ATTX_SHIFT. */
+enum { ATTX_QB = 32, ATTX_GROUP = 4, ATTX_SHIFT = 64 };
 
 typedef struct {
     const float *q, *k, *v;
@@ -830,8 +833,9 @@ typedef struct {
     size_t heads, q_len, kv_len, dim, dpad, nkp;
     size_t qs, ks, vs, os;
     float qscale;
-    uint16_t *kp, *vp; /* nkp * dpad values per (batch, head) each */
-    float *knorm;      /* per (batch, head): the largest norm of its keys (in bfloat16) */
+    uint16_t *kp, *vp; /* nkp * dpad values per (batch, head) of the round each */
+    float *knorm;      /* per (batch, head) of the round: the largest norm of its keys */
+    size_t bh0, nbh;   /* the round: (batch, head) pairs [bh0, bh0 + nbh) */
     size_t q_blocks, items, scratch_bytes;
     atomic_size_t next;
 } attx_ctx;
@@ -853,14 +857,13 @@ static void attx_geometry(const sf_attention_params *p, size_t *dpad, size_t *nk
     *nkp = (p->kv_len + 31) / 32 * 32;
 }
 
-/* Bytes of the packed keys and values (the workspace of the AMX path). */
+/* Bytes of the packed keys and values of a round (the workspace of the AMX path). */
 static int attx_workspace_bytes(const sf_attention_params *p, size_t *bytes) {
-    size_t dpad, nkp;
+    size_t dpad, nkp, per_head; /* packed keys and values, the key norm (64 bytes) */
     attx_geometry(p, &dpad, &nkp);
-    size_t per_head; /* packed keys and values, the key norm, rounded to 64 bytes */
     if (!sf_mul_n_ok(&per_head, 3, nkp, dpad, 2 * sizeof(uint16_t)))
         return 0;
-    return sf_mul_n_ok(bytes, 3, p->batch, p->heads, per_head + 64);
+    return sf_mul_n_ok(bytes, 2, (size_t)ATTX_GROUP, per_head + 64);
 }
 
 /* 2^x for x <= 0 to the precision of bfloat16: a degree-3 polynomial on [-0.5, 0.5]
@@ -901,17 +904,18 @@ SF_ATTX static float attx_norm_bf16(const uint16_t *x, size_t n) {
     return sqrtf(_mm512_reduce_add_ps(acc)) * (1.0f + 1.0f / 1024.0f);
 }
 
-/* Task t < batch * heads packs the keys of (batch, head) t (and the largest key norm), the
- * others the values. */
+/* Task t < nbh packs the keys of (batch, head) bh0 + t (and the largest key norm) into slot
+ * t of the round, the others the values. */
 SF_ATTX static void attx_pack_task(void *arg, size_t t) {
     attx_ctx *c = arg;
-    const size_t bhs = c->items / c->q_blocks, bh = t % bhs, b = bh / c->heads, h = bh % c->heads;
+    const size_t bhs = c->nbh, slot = t % bhs, bh = c->bh0 + slot;
+    const size_t b = bh / c->heads, h = bh % c->heads;
     const size_t dpad = c->dpad, nkp = c->nkp, nk = c->kv_len, dim = c->dim;
     uint16_t r0[ATT_MAX_DIM + 32] __attribute__((aligned(64)));
     uint16_t r1[ATT_MAX_DIM + 32] __attribute__((aligned(64)));
     if (t < bhs) {
         const float *kb = c->k + b * nk * c->ks + h * dim;
-        uint32_t *dst = (uint32_t *)(c->kp + bh * nkp * dpad);
+        uint32_t *dst = (uint32_t *)(c->kp + slot * nkp * dpad);
         const size_t nds = dpad / 32;
         float knorm = 0.0f;
         for (size_t j = 0; j < nkp; j++) {
@@ -924,10 +928,10 @@ SF_ATTX static void attx_pack_task(void *arg, size_t t) {
                 for (size_t r = 0; r < 16; r++)
                     col[(ds * 16 + r) * 16] = pairs[ds * 16 + r];
         }
-        c->knorm[bh] = knorm;
+        c->knorm[slot] = knorm;
     } else {
         const float *vb = c->v + b * nk * c->vs + h * dim;
-        uint16_t *dst = c->vp + bh * nkp * dpad;
+        uint16_t *dst = c->vp + slot * nkp * dpad;
         const size_t ndc = dpad / 16;
         for (size_t j = 0; j < nkp; j += 2) {
             attx_row_bf16(j < nk ? vb + j * c->vs : NULL, j < nk ? dim : 0, 1.0f, dpad, r0);
@@ -947,7 +951,7 @@ SF_ATTX static void attx_pack_task(void *arg, size_t t) {
 /* One work item (see above). scratch: attx_ctx.scratch_bytes. */
 SF_ATTX static void attx_item(const attx_ctx *c, unsigned char *scratch, size_t item) {
     const size_t dpad = c->dpad, nkp = c->nkp, nk = c->kv_len, dim = c->dim;
-    const size_t qblk = item % c->q_blocks, bh = item / c->q_blocks;
+    const size_t qblk = item % c->q_blocks, slot = item / c->q_blocks, bh = c->bh0 + slot;
     const size_t b = bh / c->heads, h = bh % c->heads, i0 = qblk * ATTX_QB;
     const size_t nq = c->q_len - i0 < ATTX_QB ? c->q_len - i0 : ATTX_QB;
     uint16_t *qp = (uint16_t *)scratch;                       /* [32][dpad] */
@@ -955,7 +959,7 @@ SF_ATTX static void attx_item(const attx_ctx *c, unsigned char *scratch, size_t 
     uint16_t *p = (uint16_t *)(s + ATTX_QB * nkp);            /* [32][nkp] */
     float *o = (float *)(p + ATTX_QB * nkp);                  /* [32][dpad] */
     float l[ATTX_QB];
-    const uint16_t *kp = c->kp + bh * nkp * dpad, *vp = c->vp + bh * nkp * dpad;
+    const uint16_t *kp = c->kp + slot * nkp * dpad, *vp = c->vp + slot * nkp * dpad;
     const float *qb = c->q + (b * c->q_len + i0) * c->qs + h * dim;
 
     float qn[ATTX_QB];
@@ -993,7 +997,7 @@ SF_ATTX static void attx_item(const attx_ctx *c, unsigned char *scratch, size_t 
         /* The shift of the softmax: any m >= max_j s[j] is exact; the bound
          * |s[j]| <= |q| max|k| (Cauchy-Schwarz) avoids a pass over the row when it leaves every
          * exp2 above 2^-ATTX_SHIFT (far from bfloat16's and the tiles' flushed denormals). */
-        float bound = qn[i] * c->knorm[bh];
+        float bound = qn[i] * c->knorm[slot];
         if (!(bound <= 0.5f * ATTX_SHIFT)) { /* large (or NaN): the row's maximum */
             __m512 mx = _mm512_set1_ps(-INFINITY);
             size_t j = 0;
@@ -1004,7 +1008,7 @@ SF_ATTX static void attx_item(const attx_ctx *c, unsigned char *scratch, size_t 
                 mx = _mm512_mask_max_ps(mx, tail, _mm512_maskz_loadu_ps(tail, sr + j), mx);
             }
             bound = _mm512_reduce_max_ps(mx);
-            if (isnan(qn[i]) || isnan(c->knorm[bh]))
+            if (isnan(qn[i]) || isnan(c->knorm[slot]))
                 bound = NAN;
         }
         const __m512 m = _mm512_set1_ps(bound);
@@ -1078,7 +1082,7 @@ static sf_status attx_run(const sf_attention_params *p, const size_t strides[4],
     pthreadpool_t pool = NULL;
     void *own = NULL;
     int began = 0;
-    size_t ws_bytes, threads;
+    size_t ws_bytes, threads, bhs;
     attx_ctx c;
     memset(&c, 0, sizeof c);
     c.q = q;
@@ -1096,8 +1100,8 @@ static sf_status attx_run(const sf_attention_params *p, const size_t strides[4],
     c.os = strides[3];
     c.qscale = (p->scale != 0.0f ? p->scale : 1.0f / sqrtf((float)p->head_dim)) * ATT_LOG2E;
     c.q_blocks = (p->q_len + ATTX_QB - 1) / ATTX_QB;
-    if (!attx_workspace_bytes(p, &ws_bytes) ||
-        !sf_mul_n_ok(&c.items, 3, p->batch, p->heads, c.q_blocks) ||
+    if (!attx_workspace_bytes(p, &ws_bytes) || !sf_mul_ok(p->batch, p->heads, &bhs) ||
+        !sf_mul_n_ok(&c.items, 3, bhs, c.q_blocks, (size_t)1) ||
         !sf_mul_n_ok(&c.scratch_bytes, 3, (size_t)ATTX_QB, c.nkp + c.dpad, (size_t)6))
         SF_FAIL(SF_ERR_INVALID_ARG, "%s: sizes overflow", fn);
     if (workspace) {
@@ -1108,20 +1112,23 @@ static sf_status attx_run(const sf_attention_params *p, const size_t strides[4],
             SF_FAIL(SF_ERR_OOM, "%s: cannot allocate %zu bytes of workspace", fn, ws_bytes);
         c.kp = own;
     }
-    c.vp = c.kp + c.items / c.q_blocks * c.nkp * c.dpad;
-    c.knorm = (float *)(c.vp + c.items / c.q_blocks * c.nkp * c.dpad);
-    atomic_init(&c.next, 0);
+    c.vp = c.kp + (size_t)ATTX_GROUP * c.nkp * c.dpad;
+    c.knorm = (float *)(c.vp + (size_t)ATTX_GROUP * c.nkp * c.dpad);
     SF_CHECK(sf_compute_begin(&pool));
     began = 1;
-    pthreadpool_parallelize_1d(pool, attx_pack_task, &c, 2 * p->batch * p->heads,
-                               PTHREADPOOL_FLAG_DISABLE_DENORMALS);
     threads = pool ? pthreadpool_get_threads_count(pool) : 1;
-    if (threads > c.items)
-        threads = c.items;
-    pthreadpool_parallelize_1d(pool, attx_task, &c, threads, PTHREADPOOL_FLAG_DISABLE_DENORMALS);
-    if (atomic_load(&c.next) < c.items) /* every task failed to get its scratch */
-        SF_FAIL(SF_ERR_OOM, "%s: out of memory (%zu bytes of scratch per thread)", fn,
-                c.scratch_bytes);
+    for (c.bh0 = 0; c.bh0 < bhs; c.bh0 += c.nbh) {
+        c.nbh = bhs - c.bh0 < ATTX_GROUP ? bhs - c.bh0 : ATTX_GROUP;
+        c.items = c.nbh * c.q_blocks;
+        atomic_init(&c.next, 0);
+        pthreadpool_parallelize_1d(pool, attx_pack_task, &c, 2 * c.nbh,
+                                   PTHREADPOOL_FLAG_DISABLE_DENORMALS);
+        pthreadpool_parallelize_1d(pool, attx_task, &c, threads < c.items ? threads : c.items,
+                                   PTHREADPOOL_FLAG_DISABLE_DENORMALS);
+        if (atomic_load(&c.next) < c.items) /* every task failed to get its scratch */
+            SF_FAIL(SF_ERR_OOM, "%s: out of memory (%zu bytes of scratch per thread)", fn,
+                    c.scratch_bytes);
+    }
     sf_mac_counter_add(att_macs(p));
 fail:
     if (began)

@@ -43,6 +43,7 @@ void sf_clip_destroy(sf_clip *c) {
     sf_ln_layer_free(&c->final_ln);
     sf_arena_destroy(c->arena);
     free(c);
+    sf_heap_release();
 }
 
 sf_status sf_clip_create(const sf_clip_config *cfg, sf_weights *w, int strict, sf_clip **out) {

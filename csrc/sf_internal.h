@@ -60,6 +60,11 @@ enum {
 };
 void *sf_thread_scratch(int slot, size_t bytes);
 
+/* Hand the heap's free memory back to the system (glibc keeps freed memory, and after large
+ * frees serves big blocks from the heap rather than mmap): called when a model or an arena
+ * frees its memory, so that the resident set really shrinks. */
+void sf_heap_release(void);
+
 /* Intel AMX (Sapphire Rapids and later). sf_amx_supported: 1 if the CPU has the tile unit with
  * the parts asked for (SF_AMX_INT8 | SF_AMX_BF16), the OS enables the tile state, and Linux
  * granted this process its use (requested on the first call). sf_amx_begin loads the engine's

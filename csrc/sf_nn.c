@@ -541,6 +541,9 @@ fail:
 
 /* ---- transformer ---- */
 
+/* Rows of a feed-forward block computed at once. */
+#define SF_FF_CHUNK_ROWS 2048
+
 static void tblock_free(sf_tblock *b) {
     sf_ln_layer_free(&b->norm1);
     sf_ln_layer_free(&b->norm2);
@@ -639,12 +642,18 @@ sf_status sf_transformer_run(sf_transformer *t, sf_arena *a, float *x, size_t ba
         SF_CHECK(sf_add(hid, tmp, rows * c, hid));
         SF_CHECK(sf_ln_layer_run(&b->norm3, hid, rows, n));
         {
+            /* the feed-forward in blocks of rows: its 3 * inner-wide intermediates are the
+             * largest activations of SD's 64x64 level (126 MB at batch 2 in one piece) */
+            size_t chunk = rows < SF_FF_CHUNK_ROWS ? rows : SF_FF_CHUNK_ROWS;
             sf_arena_mark_t m2 = sf_arena_mark(a);
-            SF_CHECK(scratch(a, rows * 2 * b->inner, &ff));
-            SF_CHECK(scratch(a, rows * b->inner, &g));
-            SF_CHECK(sf_linear_layer_run(b->ff_in, n, rows, ff));
-            SF_CHECK(sf_geglu(ff, rows, b->inner, 0, g)); /* hidden * gelu(gate) */
-            SF_CHECK(sf_linear_layer_run(b->ff_out, g, rows, tmp));
+            SF_CHECK(scratch(a, chunk * 2 * b->inner, &ff));
+            SF_CHECK(scratch(a, chunk * b->inner, &g));
+            for (size_t r0 = 0; r0 < rows; r0 += chunk) {
+                size_t nr = rows - r0 < chunk ? rows - r0 : chunk;
+                SF_CHECK(sf_linear_layer_run(b->ff_in, n + r0 * c, nr, ff));
+                SF_CHECK(sf_geglu(ff, nr, b->inner, 0, g)); /* hidden * gelu(gate) */
+                SF_CHECK(sf_linear_layer_run(b->ff_out, g, nr, tmp + r0 * c));
+            }
             SF_CHECK(sf_arena_release(a, m2));
         }
         SF_CHECK(sf_add(hid, tmp, rows * c, hid));

@@ -3,6 +3,9 @@
 #define _GNU_SOURCE
 #endif
 #include <dirent.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -248,6 +251,12 @@ void *sf_aligned_alloc(size_t bytes) {
 
 void sf_aligned_free(void *p) {
     free(p);
+}
+
+void sf_heap_release(void) {
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
 }
 
 /* ---- AMX ---------------------------------------------------------------------------------- */

@@ -2,7 +2,6 @@
 #include <math.h>
 #include <stdlib.h>
 #ifdef __GLIBC__
-#include <malloc.h>
 #endif
 #include <string.h>
 
@@ -149,7 +148,30 @@ typedef struct sf_chunk {
     struct sf_chunk *next;
     size_t size, used;
     unsigned char *data;
+    int mapped; /* data is a reservation of address space (munmap), else sf_aligned_alloc */
 } sf_chunk;
+
+/* Address space reserved for a chunk (MAP_NORESERVE: neither memory nor commit charge until
+ * pages are touched). A first pass then never overflows into more chunks, and the resident
+ * memory is the pages the pass touched — its high water — instead of a growing series of
+ * chunks. Where the reservation fails (strict overcommit, address-space limits), chunks come
+ * from the heap. */
+#if defined(__linux__) && UINTPTR_MAX > 0xffffffffu
+#include <sys/mman.h>
+#define SF_ARENA_RESERVE ((size_t)16 << 30)
+#else
+#define SF_ARENA_RESERVE ((size_t)0)
+#endif
+
+static void sf_chunk_free_data(sf_chunk *c) {
+#if defined(__linux__) && UINTPTR_MAX > 0xffffffffu
+    if (c->mapped) {
+        munmap(c->data, c->size);
+        return;
+    }
+#endif
+    sf_aligned_free(c->data);
+}
 
 struct sf_arena {
     sf_chunk *head;      /* main chunk first; overflow chunks follow */
@@ -168,7 +190,7 @@ sf_status sf_arena_create(sf_arena **out) {
 static void sf_free_chunks(sf_chunk *c) {
     while (c) {
         sf_chunk *n = c->next;
-        sf_aligned_free(c->data);
+        sf_chunk_free_data(c);
         free(c);
         c = n;
     }
@@ -185,7 +207,19 @@ static sf_status sf_new_chunk(sf_arena *a, size_t size, sf_chunk **out) {
     sf_chunk *c = calloc(1, sizeof *c);
     if (!c)
         return sf_error(SF_ERR_OOM, "arena: out of memory");
-    c->data = sf_aligned_alloc(size);
+#if defined(__linux__) && UINTPTR_MAX > 0xffffffffu
+    if (size <= SF_ARENA_RESERVE) {
+        void *p = mmap(NULL, SF_ARENA_RESERVE, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p != MAP_FAILED) {
+            c->data = p;
+            c->mapped = 1;
+            size = SF_ARENA_RESERVE;
+        }
+    }
+#endif
+    if (!c->data)
+        c->data = sf_aligned_alloc(size);
     if (!c->data) {
         free(c);
         return sf_error(SF_ERR_OOM, "arena: cannot allocate %zu bytes", size);
@@ -223,11 +257,7 @@ sf_status sf_arena_trim(sf_arena *a) {
     sf_free_chunks(a->head);
     a->head = NULL;
     a->used = 0;
-#ifdef __GLIBC__
-    /* glibc keeps freed heap memory (and, after large frees, serves big blocks from the heap
-     * rather than mmap): hand it back so the resident set really shrinks */
-    malloc_trim(0);
-#endif
+    sf_heap_release();
     return SF_OK;
 }
 
@@ -248,7 +278,7 @@ sf_status sf_arena_alloc(sf_arena *a, size_t bytes, void **out) {
     if (last && last->used == 0 && last->size < need) {
         /* an empty chunk too small for this request (left by a release): replace it rather
          * than stack another chunk after it */
-        sf_aligned_free(last->data);
+        sf_chunk_free_data(last);
         free(last);
         if (prev)
             prev->next = NULL;

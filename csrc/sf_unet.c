@@ -72,6 +72,7 @@ void sf_unet_destroy(sf_unet *u) {
     sf_gn_layer_free(&u->norm_out);
     sf_arena_destroy(u->arena);
     free(u);
+    sf_heap_release();
 }
 
 static sf_status validate(const sf_unet_config *c) {

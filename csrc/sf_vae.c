@@ -82,6 +82,7 @@ void sf_vae_destroy(sf_vae *v) {
     sf_gn_layer_free(&v->dec_norm_out);
     sf_arena_destroy(v->arena);
     free(v);
+    sf_heap_release();
 }
 
 static sf_status mid_load(sf_weights *w, const char *prefix, size_t ch, size_t groups,

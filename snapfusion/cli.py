@@ -33,7 +33,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     from .pipeline import Pipeline
 
-    pipe = Pipeline.from_pretrained(args.model, threads=args.threads, scheduler=args.scheduler)
+    pipe = Pipeline.from_pretrained(args.model, threads=args.threads, scheduler=args.scheduler,
+                                    low_memory=args.low_memory)
     # unset: the model's recommendation (snapfusion_model.json), else 25 steps and 7.5
     if args.steps is None:
         args.steps = int(pipe.recommended.get("num_inference_steps", 25))
@@ -194,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--size", type=_size, default=None, help="WxH, e.g. 512x512")
     g.add_argument("--scheduler", default=None, help="scheduler class name")
     g.add_argument("--threads", type=_positive, default=None)
+    g.add_argument("--low-memory", action="store_true",
+                   help="one model in memory at a time (loaded for its stage only)")
     g.add_argument("--upscale", type=_positive, default=1,
                    help="enlarge the written PNG N times (nearest neighbour), e.g. 4 for 64x64 models")
 

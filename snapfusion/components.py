@@ -66,7 +66,46 @@ def _nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-class UNet:
+class _EngineModel:
+    """The engine object of a component, with its weights in memory or not.
+
+    ``unload()`` frees the weights (and activations); the next use loads them again from the
+    same file, as when the component was built. Between the two the file must not change
+    (a changed file is loaded and validated again, not trusted).
+    """
+
+    _make: Any
+    _handle: Any
+
+    def _init_engine(self, make: Any) -> None:
+        self._make = make
+        self._handle = make()
+
+    @property
+    def _engine(self) -> Any:
+        if self._handle is None:
+            self._handle = self._make()
+        return self._handle
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory (False after ``unload()`` until the next use)."""
+        return self._handle is not None
+
+    def unload(self) -> None:
+        """Free the weights and activations now; the next call loads them again (seconds for
+        an SD-v1.5 UNet). ``Pipeline.enable_low_memory(unload_models=True)`` does this after
+        each stage, so that one model at a time is in memory."""
+        self._handle = None
+
+    def release_memory(self) -> None:
+        """Free the activation memory kept between calls (the next call allocates it again):
+        lowers a generation's peak memory when several models take turns."""
+        if self._handle is not None:
+            self._handle.release_memory()
+
+
+class UNet(_EngineModel):
     """A diffusers ``UNet2DConditionModel`` on the engine.
 
     Args:
@@ -84,7 +123,7 @@ class UNet:
             self.config, text = dict(config), json.dumps(config)
         else:
             raise TypeError("UNet needs a folder, or config= and weights=")
-        self._engine = _engine.UNet(text, weights, strict=strict, renames=renames)
+        self._init_engine(lambda: _engine.UNet(text, weights, strict=strict, renames=renames))
         self.in_channels = int(self._engine.config["in_channels"])
         self.cross_attention_dim = int(self._engine.config["cross_attention_dim"])
 
@@ -92,11 +131,6 @@ class UNet:
     def from_pretrained(cls, folder: PathLike, **kwargs: Any) -> UNet:
         """Load from a diffusers ``unet/`` folder."""
         return cls(folder, **kwargs)
-
-    def release_memory(self) -> None:
-        """Free the activation memory kept between calls (the next call allocates it again):
-        lowers a generation's peak memory when several models take turns."""
-        self._engine.release_memory()
 
     def __call__(self, sample: np.ndarray, timestep: Any, encoder_hidden_states: np.ndarray,
                  *, return_hooks: bool = False) -> Any:
@@ -127,7 +161,7 @@ class UNet:
         return _nhwc_to_nchw(self._engine(x, t, ctx))
 
 
-class AutoencoderKL:
+class AutoencoderKL(_EngineModel):
     """A diffusers ``AutoencoderKL`` (VAE) on the engine.
 
     Args:
@@ -146,19 +180,14 @@ class AutoencoderKL:
             self.config, text = dict(config), json.dumps(config)
         else:
             raise TypeError("AutoencoderKL needs a folder, or config= and weights=")
-        self._engine = _engine.VAE(text, weights, strict=strict, encoder=encoder, decoder=decoder,
-                                   renames=renames)
+        self._init_engine(lambda: _engine.VAE(text, weights, strict=strict, encoder=encoder,
+                                              decoder=decoder, renames=renames))
         self.scaling_factor = float(self._engine.scaling_factor)
 
     @classmethod
     def from_pretrained(cls, folder: PathLike, **kwargs: Any) -> AutoencoderKL:
         """Load from a diffusers ``vae/`` folder."""
         return cls(folder, **kwargs)
-
-    def release_memory(self) -> None:
-        """Free the activation memory kept between calls (the next call allocates it again):
-        lowers a generation's peak memory when several models take turns."""
-        self._engine.release_memory()
 
     def decode(self, latents: np.ndarray, *, return_hooks: bool = False) -> Any:
         """Decode float32 ``(B, C, h, w)`` latents (already divided by ``scaling_factor``)
@@ -199,7 +228,7 @@ class LatentDistribution:
         return self.mean
 
 
-class TextEncoder:
+class TextEncoder(_EngineModel):
     """A transformers ``CLIPTextModel`` on the engine.
 
     Args:
@@ -217,18 +246,14 @@ class TextEncoder:
             self.config, text = dict(config), json.dumps(config)
         else:
             raise TypeError("TextEncoder needs a folder, or config= and weights=")
-        self._engine = _engine.TextEncoder(text, weights, strict=strict, renames=renames)
+        self._init_engine(lambda: _engine.TextEncoder(text, weights, strict=strict,
+                                                      renames=renames))
         self.hidden_size = int(self._engine.hidden_size)
 
     @classmethod
     def from_pretrained(cls, folder: PathLike, **kwargs: Any) -> TextEncoder:
         """Load from a transformers ``text_encoder/`` folder."""
         return cls(folder, **kwargs)
-
-    def release_memory(self) -> None:
-        """Free the activation memory kept between calls (the next call allocates it again):
-        lowers a generation's peak memory when several models take turns."""
-        self._engine.release_memory()
 
     def __call__(self, input_ids: np.ndarray, *, clip_skip: int | None = None,
                  return_pooled: bool = False) -> Any:

@@ -125,6 +125,7 @@ class Pipeline:
         #: arguments of ``__call__`` left as None
         self.recommended: dict[str, Any] = {}
         self.low_memory = False
+        self.unload_models = False
         self.progress_bar = True
         vae_blocks = len(vae.config.get("block_out_channels", [64]))
         self.vae_scale_factor = 2 ** (vae_blocks - 1)
@@ -137,7 +138,7 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, path: PathLike | None = None, *, threads: int | None = None,
                         scheduler: str | None = None, allow_pickle: bool = False,
-                        tokenizer: PathLike | None = None) -> Pipeline:
+                        tokenizer: PathLike | None = None, low_memory: bool = False) -> Pipeline:
         """Load a diffusers-layout model folder (or the embedded default when ``path`` is None).
 
         Args:
@@ -154,6 +155,11 @@ class Pipeline:
             allow_pickle: allow pickled ``.ckpt``/``.bin`` checkpoints (never by default).
             tokenizer: for single-file checkpoints, the CLIP tokenizer folder (default: a
                 ``tokenizer/`` folder next to the file).
+            low_memory: keep one model in memory at a time: each is loaded (and checked) and
+                unloaded again before the next, and a generation loads each for its stage
+                only (``enable_low_memory(unload_models=True)``). The peak is then the largest
+                model plus its activations instead of all three models plus the largest
+                activations; each generation reads the weights again (about a second per GB).
 
         Raises:
             OSError: missing files. ValueError: malformed configs or weights (the message names
@@ -178,13 +184,21 @@ class Pipeline:
             raise OSError(f"{root}: not a diffusers model folder (no model_index.json)")
         tok = CLIPTokenizer.from_pretrained(root / "tokenizer")
         enc = TextEncoder(root / "text_encoder")
+        if low_memory:
+            enc.unload()
         unet = UNet(root / "unet")
+        if low_memory:
+            unet.unload()
         vae = AutoencoderKL(root / "vae", encoder=(root / "vae").is_dir())
+        if low_memory:
+            vae.unload()
         sched = scheduler_from_config(root / "scheduler", name=scheduler)
         pipe = cls(tok, enc, unet, vae, sched, name=str(root))
         pipe.recommended = _read_recommended(root / "snapfusion_model.json")
         if threads is None:
             _auto_threads(pipe)
+        if low_memory:
+            pipe.enable_low_memory(unload_models=True)
         return pipe
 
     def _image_size(self, height: int | None, width: int | None) -> tuple[int, int]:
@@ -299,8 +313,7 @@ class Pipeline:
         if negs is not None:
             negs = [p for p in negs for _ in range(num_images_per_prompt)]
         ctx = self.encode_prompt(prompts, negs, do_cfg, clip_skip, timings)
-        if self.low_memory:
-            self.text_encoder.release_memory()
+        self._stage_done(self.text_encoder)
         batch = len(prompts)
         shape = (batch, self.unet.in_channels, height // self.vae_scale_factor,
                  width // self.vae_scale_factor)
@@ -348,8 +361,7 @@ class Pipeline:
         finally:
             if bar is not None:
                 bar.close()
-            if self.low_memory:
-                self.unet.release_memory()
+            self._stage_done(self.unet)
         timings["unet"] = unet_times
         timings["scheduler"] = sched_time
         if output_type == "latent":
@@ -360,8 +372,7 @@ class Pipeline:
             try:
                 images = self.decode_latents(latents)
             finally:
-                if self.low_memory:
-                    self.vae.release_memory()
+                self._stage_done(self.vae)
             timings["decoder"] = time.perf_counter() - t0
             if output_type == "pil":
                 from PIL import Image
@@ -388,12 +399,28 @@ class Pipeline:
 
         return tqdm(total=total, desc="denoising", leave=False)
 
-    def enable_low_memory(self, enabled: bool = True) -> None:
+    def enable_low_memory(self, enabled: bool = True, *, unload_models: bool = False) -> None:
         """Free each stage's activation memory when the stage ends (text encoder, UNet,
         decoder), so that a generation's peak is the weights plus the largest stage rather than
         the sum of all stages; each call then allocates its activations again (slightly
-        slower)."""
+        slower).
+
+        With ``unload_models``, each model's weights are freed too when its stage ends (and
+        now), and loaded again from their files when next needed: one model in memory at a
+        time (``from_pretrained(..., low_memory=True)`` also loads them one at a time).
+        """
         self.low_memory = bool(enabled)
+        self.unload_models = bool(enabled and unload_models)
+        if self.unload_models:
+            for model in (self.text_encoder, self.unet, self.vae):
+                model.unload()
+
+    def _stage_done(self, model: Any) -> None:
+        """Free what the low-memory settings ask for at the end of a model's stage."""
+        if self.unload_models:
+            model.unload()
+        elif self.low_memory:
+            model.release_memory()
 
     def set_progress_bar_config(self, disable: bool = False) -> None:
         """Show (default) or hide the denoising progress bar."""

@@ -195,3 +195,17 @@ def test_release_memory(golden_dir: Path) -> None:
     np.testing.assert_array_equal(pipe("a cat", **kw).images, ref)
     pipe.enable_low_memory(False)
     np.testing.assert_array_equal(pipe("a cat", **kw).images, ref)
+    # one model in memory at a time: unloaded now and after each stage, loaded when used
+    pipe.enable_low_memory(unload_models=True)
+    assert not any(m.loaded for m in (pipe.text_encoder, pipe.unet, pipe.vae))
+    np.testing.assert_array_equal(pipe("a cat", **kw).images, ref)
+    assert not any(m.loaded for m in (pipe.text_encoder, pipe.unet, pipe.vae))
+    pipe.unet(x, 10, ctx)
+    assert pipe.unet.loaded
+    pipe.enable_low_memory(False)
+    np.testing.assert_array_equal(pipe("a cat", **kw).images, ref)
+    assert pipe.unet.loaded and pipe.vae.loaded
+    lazy = Pipeline.from_pretrained(golden_dir / "sd_tiny", threads=1, low_memory=True)
+    lazy.set_progress_bar_config(disable=True)
+    assert lazy.unload_models and not lazy.unet.loaded
+    np.testing.assert_array_equal(lazy("a cat", **kw).images, ref)
