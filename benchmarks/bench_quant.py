@@ -1,27 +1,33 @@
-"""Quantized weights on SD-v1.5: fp32, fp16-stored, int8 on XNNPACK and int8 on our VNNI kernels.
+"""Quantized weights on SD-v1.5: fp32, fp16-stored, int8 on XNNPACK and int8 on our kernels
+(AMX-INT8 and AVX512-VNNI).
 
 Three parts:
 
 1. Kernels: SD-v1.5's big convolutions (3x3 at 320/640/1280 channels, the 2560 -> 1280 of the
    up blocks, a 1x1 feed-forward projection, VAE decoder convolutions) as single int8 layers
    (``_engine.QConv2d``, float32 in and out: the times include quantizing the input; the
-   output array is reused) on our VNNI kernel and on XNNPACK's qc8 operator, and as float32
-   ``_engine.Conv2d`` (a new output array per call): GOP/s (2 operations per
-   multiply-accumulate), best of ``--repeat`` rounds, and the fraction of the VNNI peak, from
-   a small C loop of independent ``vpdpbusd`` chains (compiled on the fly with
-   ``cc -O3 -march=native``, like the FMA peak of _common.py) run before each round; the best
-   peak seen is used.
+   output array is reused) on our AMX and VNNI kernels and on XNNPACK's qc8 operator, and as
+   float32 ``_engine.Conv2d`` (a new output array per call): GOP/s (2 operations per
+   multiply-accumulate), best of ``--repeat`` rounds, and the fractions of the VNNI and AMX
+   peaks, from small C loops of independent ``vpdpbusd`` chains and of ``tdpbusd`` on four
+   tiles (compiled on the fly with ``cc -O3 -march=native``, like the FMA peak of _common.py)
+   run before each round; the best peaks seen are used.
 2. Models: the SD-v1.5 UNet (one call, batch 2 = classifier-free guidance) and VAE decoder (one
    call, batch 1) at 256x256 and 512x512 images, random weights (bench_pipeline.py's cache),
-   in four variants: ``fp32``; ``fp16`` (16-bit files, widened to float32 at load);
-   ``int8_xnnpack`` and ``int8_own`` (the same int8 files, calibrated on random latents, run
-   with SNAPFUSION_INT8=xnnpack or vnni). Timing: each variant runs in a process of its own
-   together with the fp32 model, the two called in alternation (the machine is shared: a burst
-   of load hits both alike), so the speed-up is measured within one time window. Memory: each
-   variant is loaded and run once in a process of its own; peak RSS is its VmHWM (ru_maxrss
-   would carry the parent's peak over fork + exec); the RSS right after loading is reported
-   too. Reported: median seconds, speed-up over fp32, GOP/s (MACs counted by the engine x 2 /
-   time) and fraction of the VNNI peak, peak RSS, size on disk of the component folder.
+   in five variants: ``fp32``; ``fp16`` (16-bit files, widened to float32 at load);
+   ``int8_xnnpack``, ``int8_vnni`` and ``int8_own`` (the same int8 files, calibrated on random
+   latents, run with SNAPFUSION_INT8=xnnpack; vnni with SNAPFUSION_ATTENTION_ISA=avx512, as on
+   a CPU with VNNI and no AMX; and auto: AMX-INT8 layers and AMX-BF16 attention here). Timing:
+   each variant runs in a process of its own together with the fp32 model, the two called in
+   alternation (the machine is shared: a burst of load hits both alike), so the speed-up is
+   measured within one time window. Memory: each variant is loaded and run once in a process
+   of its own; peak RSS is its VmHWM (ru_maxrss would carry the parent's peak over fork +
+   exec); the RSS right after loading is reported too. Reported: median seconds, speed-up over
+   fp32, GOP/s (MACs counted by the engine x 2 / time) and fractions of the VNNI and AMX peaks,
+   peak RSS, size on disk of the component folder. Then the peak RSS of a whole generation
+   (text encoder, two UNet steps with CFG, decoder): ``pipeline_<size>_<variant>`` with one
+   model in memory at a time (``Pipeline.from_pretrained(..., low_memory=True)``) and
+   ``..._resident`` with the three models loaded throughout.
 3. Accuracy, on the trained default model (``snapfusion/models/``; its weights are stored in
    float16 and computed in float32, so that is the reference): bf16 and int8 copies
    (calibrated on 32 world prompts of the training distribution) generate images for
@@ -36,8 +42,9 @@ Usage::
         [--parts kernels,models,accuracy] [--cache DIR] [--json PATH]
 
 ``--json`` writes ``{name: {"s", "fp32_s", "speedup", "rss_mb", "size_mb", ...}}`` with names
-``<unet|decoder>_<size>_<fp32|fp16|int8_xnnpack|int8_own>`` (plus ``kernel_*`` and
-``accuracy_*`` entries and ``_machine``).
+``<unet|decoder>_<size>_<fp32|fp16|int8_xnnpack|int8_vnni|int8_own>`` and
+``pipeline_<size>_<fp32|int8_own>[_resident]`` (plus ``kernel_*`` and ``accuracy_*`` entries
+and ``_machine``).
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (REPO, machine_info, measure_peak_gflops, median,  # noqa: E402
                      time_interleaved)
 
-VARIANTS = ("fp32", "fp16", "int8_xnnpack", "int8_own")
+VARIANTS = ("fp32", "fp16", "int8_xnnpack", "int8_vnni", "int8_own")
 
 _VNNI_SOURCE = r"""
 #include <immintrin.h>
@@ -96,6 +103,52 @@ int main(int argc, char **argv) {
 }
 """
 
+_AMX_SOURCE = r"""
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+static long iters;
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
+                          return t.tv_sec + t.tv_nsec * 1e-9; }
+static unsigned char cfg[64] __attribute__((aligned(64)));
+static void *run(void *arg) {
+    static unsigned char a[1024] __attribute__((aligned(64)));
+    _tile_loadconfig(cfg);
+    _tile_loadd(4, a, 64); _tile_loadd(5, a, 64); _tile_loadd(6, a, 64); _tile_loadd(7, a, 64);
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    for (long it = 0; it < iters; it++) { /* 4 independent 16x16x64 products */
+        _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7); _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
+    }
+    int out[256];
+    _tile_stored(0, out, 64);
+    *(int *)arg = out[0];
+    _tile_release();
+    return NULL;
+}
+int main(int argc, char **argv) {
+    int n = atoi(argv[1]);
+    iters = atol(argv[2]);
+    pthread_t th[1024];
+    int out[1024];
+    if (n < 1 || n > 1024) return 2;
+    if (syscall(SYS_arch_prctl, 0x1023, 18) != 0) return 3; /* ARCH_REQ_XCOMP_PERM, XTILEDATA */
+    cfg[0] = 1;
+    for (int i = 0; i < 8; i++) { cfg[16 + 2 * i] = 64; cfg[48 + i] = 16; }
+    double t0 = now();
+    for (int i = 0; i < n; i++) pthread_create(&th[i], NULL, run, &out[i]);
+    for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
+    double t = now() - t0;
+    /* 4 instructions of 16 x 16 x 64 multiply-accumulates = 2 operations each */
+    printf("%.3f %d\n", (double)n * iters * 4 * 16 * 16 * 64 * 2.0 / t / 1e9, out[0]);
+    return 0;
+}
+"""
+
 #: SD-v1.5 shapes: (name, batch, h, w, in, out, kernel)
 KERNEL_CASES = (
     ("unet conv3x3 64x64 320->320 b2", 2, 64, 64, 320, 320, 3),
@@ -108,32 +161,35 @@ KERNEL_CASES = (
 )
 
 
-class VnniPeak:
-    """The int8 VNNI peak in GOP/s, measured with a small C loop of independent ``vpdpbusd``
-    chains on ``threads`` threads (compiled on the fly; ``available`` is False without a C
-    compiler or without AVX512-VNNI). ``trial(seconds)`` runs it once; ``best`` is the largest
-    figure seen (other load only ever lowers it)."""
+class IntPeak:
+    """An int8 peak in GOP/s, measured with a small C loop of independent multiply-accumulate
+    chains on ``threads`` threads (compiled on the fly with ``cc -O3 -march=native``):
+    ``kind="vnni"`` (``vpdpbusd``) or ``"amx"`` (``tdpbusd`` on four tiles). ``available`` is
+    False without a C compiler or the instructions. ``trial(seconds)`` runs it once; ``best``
+    is the largest figure seen (other load only ever lowers it)."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, kind: str = "vnni") -> None:
         from snapfusion import _engine
 
         self.threads = threads
+        self.kind = kind
         self.best = 0.0
-        self._tmp = tempfile.TemporaryDirectory(prefix="sf_vnni_")
-        self._exe = Path(self._tmp.name, "vnni")
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"sf_{kind}_")
+        self._exe = Path(self._tmp.name, kind)
         self._iters_per_s = 0.0
         cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-        self.available = bool(cc) and bool(_engine.int8_backends()["vnni"])
+        self.available = bool(cc) and bool(_engine.int8_backends()[kind])
         if self.available:
-            src = Path(self._tmp.name, "vnni.c")
-            src.write_text(_VNNI_SOURCE)
+            src = Path(self._tmp.name, f"{kind}.c")
+            src.write_text(_VNNI_SOURCE if kind == "vnni" else _AMX_SOURCE)
             build = subprocess.run([str(cc), "-O3", "-march=native", "-pthread", str(src), "-o",
                                     str(self._exe)], capture_output=True, text=True, check=False)
             self.available = build.returncode == 0
         if self.available:
+            n = 2_000_000 if kind == "vnni" else 200_000
             t0 = time.perf_counter()
-            self._run(2_000_000)
-            self._iters_per_s = 2_000_000 / max(time.perf_counter() - t0, 1e-3)
+            self._run(n)
+            self._iters_per_s = n / max(time.perf_counter() - t0, 1e-3)
 
     def _run(self, iters: int) -> float:
         out = subprocess.run([str(self._exe), str(self.threads), str(iters)],
@@ -148,9 +204,10 @@ class VnniPeak:
         return g
 
 
-def kernels(threads: int, repeat: int, peak: VnniPeak) -> dict[str, Any]:
-    """Each case: `repeat` rounds of (a VNNI peak trial, our kernel, XNNPACK qc8, fp32), the
-    best time of each (load only ever adds time), GOP/s against the best peak seen."""
+def kernels(threads: int, repeat: int, peaks: dict[str, IntPeak]) -> dict[str, Any]:
+    """Each case: `repeat` rounds of (peak trials, our AMX and VNNI kernels, XNNPACK qc8,
+    fp32), the best time of each (load only ever adds time), GOP/s against the best peaks
+    seen."""
     import numpy as np
 
     from snapfusion import _engine
@@ -158,17 +215,19 @@ def kernels(threads: int, repeat: int, peak: VnniPeak) -> dict[str, Any]:
     _engine.set_num_threads(threads)
     rng = np.random.default_rng(0)
     out: dict[str, Any] = {}
-    print(f"{'kernel':36s} {'GOP':>6s} {'own GOP/s':>10s} {'%VNNI':>6s} {'xnn GOP/s':>10s} "
-          f"{'%VNNI':>6s} {'fp32 GFLOP/s':>13s}")
+    nan = float("nan")
+    print(f"{'kernel':36s} {'GOP':>6s} {'AMX GOP/s':>10s} {'%AMX':>6s} {'VNNI GOP/s':>11s} "
+          f"{'%VNNI':>6s} {'xnn GOP/s':>10s} {'fp32 GFLOP/s':>13s}")
     for name, b, h, w, ci, co, k in KERNEL_CASES:
         wq = rng.integers(-127, 128, (co, ci, k, k), dtype=np.int8)
         ws = np.full(co, 0.01, np.float32)
         x = rng.standard_normal((b, h, w, ci)).astype(np.float32)
         gop = 2.0 * b * h * w * co * ci * k * k / 1e9
         layers = {}
-        if _engine.int8_backends()["vnni"]:
-            layers["own"] = _engine.QConv2d(wq, ws, None, padding=k // 2, input_scale=0.03,
-                                            input_zero_point=0, backend="vnni")
+        for be in ("amx", "vnni"):
+            if _engine.int8_backends()[be]:
+                layers[be] = _engine.QConv2d(wq, ws, None, padding=k // 2, input_scale=0.03,
+                                             input_zero_point=0, backend=be)
         layers["xnnpack"] = _engine.QConv2d(wq, ws, None, padding=k // 2, input_scale=0.03,
                                             input_zero_point=0, output_scale=1.0,
                                             output_zero_point=0, backend="xnnpack")
@@ -179,7 +238,8 @@ def kernels(threads: int, repeat: int, peak: VnniPeak) -> dict[str, Any]:
         calls = {key: (lambda layer=layer: layer(x, out=y)) if key != "fp32" else
                  (lambda layer=layer: layer(x)) for key, layer in layers.items()}
         for _ in range(repeat):
-            peak.trial()
+            for peak in peaks.values():
+                peak.trial()
             for key, call in calls.items():
                 t0 = time.perf_counter()
                 call()
@@ -191,18 +251,19 @@ def kernels(threads: int, repeat: int, peak: VnniPeak) -> dict[str, Any]:
             row[f"{key}_gops"] = gop / best[key]
         out["kernel_" + name.replace(" ", "_").replace(">", "").replace("-", "_")] = row
         row["_name"] = name
-    # fractions against the best peak of the whole run
-    nan = float("nan")
+    # fractions against the best peaks of the whole run
     for row in out.values():
         name = row.pop("_name")
-        for key in ("own", "xnnpack", "fp32"):
-            if f"{key}_gops" in row and peak.best:
-                row[f"{key}_vnni_fraction"] = row[f"{key}_gops"] / peak.best
-        print(f"{name:36s} {row['gop']:6.2f} {row.get('own_gops', nan):10.1f} "
-              f"{100 * row.get('own_vnni_fraction', nan):5.1f}% {row['xnnpack_gops']:10.1f} "
-              f"{100 * row.get('xnnpack_vnni_fraction', nan):5.1f}% {row['fp32_gops']:13.1f}",
-              flush=True)
-    print(f"VNNI peak (best trial): {peak.best:.0f} GOP/s")
+        for key in ("amx", "vnni", "xnnpack", "fp32"):
+            for pk, peak in peaks.items():
+                if f"{key}_gops" in row and peak.best:
+                    row[f"{key}_{pk}_fraction"] = row[f"{key}_gops"] / peak.best
+        print(f"{name:36s} {row['gop']:6.2f} {row.get('amx_gops', nan):10.1f} "
+              f"{100 * row.get('amx_amx_fraction', nan):5.1f}% {row.get('vnni_gops', nan):11.1f} "
+              f"{100 * row.get('vnni_vnni_fraction', nan):5.1f}% {row['xnnpack_gops']:10.1f} "
+              f"{row['fp32_gops']:13.1f}", flush=True)
+    for pk, peak in peaks.items():
+        print(f"{pk.upper()} peak (best trial): {peak.best:.0f} GOP/s")
     return out
 
 
@@ -278,7 +339,10 @@ def _build(variant: str, comp: str, size: int, cache: Path, qcache: Path) -> tup
     else:
         folder = qcache / f"{folder_name}_{'fp16' if variant == 'fp16' else 'int8'}"
     # the int8 back end is chosen when the layers are created
-    os.environ["SNAPFUSION_INT8"] = {"int8_xnnpack": "xnnpack", "int8_vnni": "vnni"}.get(variant, "auto")
+    os.environ["SNAPFUSION_INT8"] = {"int8_xnnpack": "xnnpack", "int8_vnni": "vnni"}.get(variant,
+                                                                                      "auto")
+    if variant == "int8_vnni":  # as on a CPU with AVX512-VNNI but no AMX: float32 attention too
+        os.environ["SNAPFUSION_ATTENTION_ISA"] = "avx512"
     rng = np.random.default_rng(0)
     lat = size // 8
     if comp in ("pipeline", "pipeline_resident"):
@@ -381,7 +445,7 @@ def run_worker(variant: str, comp: str, size: int, args: argparse.Namespace,
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def models(args: argparse.Namespace, vnni_peak: float | None) -> dict[str, Any]:
+def models(args: argparse.Namespace, peaks: dict[str, float]) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_pipeline import prepare
 
@@ -392,7 +456,7 @@ def models(args: argparse.Namespace, vnni_peak: float | None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"{'model':24s} {'s':>8s} {'fp32 s':>8s} {'speedup':>8s} {'GOP/s':>8s} {'%VNNI':>6s} "
-          f"{'RSS MB':>8s} {'load MB':>8s} {'disk MB':>8s}")
+          f"{'%AMX':>6s} {'RSS MB':>8s} {'load MB':>8s} {'disk MB':>8s}")
     for comp in ("unet", "decoder"):
         for size in sizes:
             for variant in VARIANTS:
@@ -403,13 +467,13 @@ def models(args: argparse.Namespace, vnni_peak: float | None) -> dict[str, Any]:
                        "rss_mb": m["rss_mb"], "rss_after_load_mb": m["rss_after_load_mb"],
                        "size_mb": m["size_mb"], "gops": gops, "times": r["times"],
                        "fp32_times": r["fp32_times"]}
-                if vnni_peak:
-                    row["vnni_fraction"] = gops / vnni_peak
+                for kind, peak in peaks.items():
+                    row[f"{kind}_fraction"] = gops / peak
                 name = f"{comp}_{size}_{variant}"
                 results[name] = row
                 print(f"{name:24s} {r['s']:8.3f} {r['fp32_s']:8.3f} {row['speedup']:8.2f} "
                       f"{gops:8.1f} {100 * row.get('vnni_fraction', float('nan')):5.1f}% "
-                      f"{m['rss_mb']:8.0f} {m['rss_after_load_mb']:8.0f} {m['size_mb']:8.0f}",
+                      f"{100 * row.get('amx_fraction', float('nan')):5.1f}% {m['rss_mb']:8.0f} {m['rss_after_load_mb']:8.0f} {m['size_mb']:8.0f}",
                       flush=True)
     # peak memory of a whole generation (text encoder, UNet with CFG, decoder), each variant in
     # a process of its own: one model in memory at a time (low_memory=True), and all resident
@@ -420,7 +484,7 @@ def models(args: argparse.Namespace, vnni_peak: float | None) -> dict[str, Any]:
             name = f"pipeline_{size}_{variant}" + ("_resident" if comp != "pipeline" else "")
             results[name] = {"rss_mb": m["rss_mb"], "rss_after_load_mb": m["rss_after_load_mb"],
                              "size_mb": m["size_mb"]}
-            print(f"{name:24s} {'':8s} {'':8s} {'':8s} {'':8s} {'':6s} {m['rss_mb']:8.0f} "
+            print(f"{name:24s} {'':8s} {'':8s} {'':8s} {'':8s} {'':6s} {'':6s} {m['rss_mb']:8.0f} "
                   f"{m['rss_after_load_mb']:8.0f} {m['size_mb']:8.0f}", flush=True)
     return results
 
@@ -502,7 +566,7 @@ def default_accuracy(args: argparse.Namespace) -> dict[str, Any]:
         for variant, folder in (("fp16_shipped", folders["fp16_shipped"]), ("bf16", folders["bf16"]),
                                 ("int8_own", folders["int8"]), ("int8_xnnpack", folders["int8"])):
             env = dict(os.environ)
-            env["SNAPFUSION_INT8"] = "xnnpack" if variant == "int8_xnnpack" else "vnni"
+            env["SNAPFUSION_INT8"] = "xnnpack" if variant == "int8_xnnpack" else "auto"
             path = Path(tmp) / f"{variant}.npy"
             cmd = [sys.executable, __file__, "--default-accuracy-worker", "--model", str(folder),
                    "--out", str(path), "--accuracy-n", str(args.accuracy_n), "--threads", str(args.threads)]
@@ -545,7 +609,7 @@ def accuracy(args: argparse.Namespace) -> dict[str, Any]:
               "the image vs fp32)")
         for variant, model in (("fp16", fp16), ("int8_own", int8), ("int8_xnnpack", int8)):
             env = dict(os.environ)
-            env["SNAPFUSION_INT8"] = "xnnpack" if variant == "int8_xnnpack" else "vnni"
+            env["SNAPFUSION_INT8"] = "xnnpack" if variant == "int8_xnnpack" else "auto"
             cmd = [sys.executable, __file__, "--accuracy-worker", "--model", str(model),
                    "--golden", str(golden), "--threads", str(args.threads)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO,
@@ -593,22 +657,26 @@ def main() -> int:
         return 0
     parts = set(args.parts.split(","))
     fma_peak, method = measure_peak_gflops(args.threads)
-    peak = VnniPeak(args.threads)
+    peaks = {kind: IntPeak(args.threads, kind) for kind in ("vnni", "amx")}
+    peaks = {kind: peak for kind, peak in peaks.items() if peak.available}
     for _ in range(3):
-        peak.trial(0.4)
-    print(f"threads {args.threads}; fp32 FMA peak {fma_peak:.0f} GFLOP/s ({method}); int8 VNNI "
-          f"peak {peak.best or float('nan'):.0f} GOP/s (best of the trials so far)")
+        for peak in peaks.values():
+            peak.trial(0.4)
+    print(f"threads {args.threads}; fp32 FMA peak {fma_peak:.0f} GFLOP/s ({method}); int8 peaks "
+          + ", ".join(f"{k.upper()} {p.best:.0f} GOP/s" for k, p in peaks.items())
+          + " (best of the trials so far)")
     results: dict[str, Any] = {}
     if "kernels" in parts:
-        results.update(kernels(args.threads, args.repeat, peak))
+        results.update(kernels(args.threads, args.repeat, peaks))
     if "models" in parts:
-        results.update(models(args, peak.best or None))
+        results.update(models(args, {k: p.best for k, p in peaks.items() if p.best}))
     if "accuracy" in parts:
         results.update(default_accuracy(args))
         results.update(accuracy(args))
     if args.json:
         info = machine_info(args.threads, fma_peak, method)
-        info["vnni_peak_gops"] = peak.best or None
+        for kind, peak in peaks.items():
+            info[f"{kind}_peak_gops"] = peak.best or None
         Path(args.json).write_text(json.dumps({**results, "_machine": info}, indent=2) + "\n")
     return 0
 
