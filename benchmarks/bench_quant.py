@@ -67,16 +67,40 @@ from _common import (REPO, machine_info, measure_peak_gflops, median,  # noqa: E
 
 VARIANTS = ("fp32", "fp16", "int8_xnnpack", "int8_vnni", "int8_own")
 
-_VNNI_SOURCE = r"""
+#: The two int8 peak programs share this C driver: `threads` threads each run `iters` rounds
+#: of the kernel (OPS operations per round), after SETUP; prints GOP/s.
+_PEAK_DRIVER = r"""
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
 #include <time.h>
-#define CHAINS 16 /* independent accumulators: more than latency x ports */
+#include <unistd.h>
 static long iters;
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
                           return t.tv_sec + t.tv_nsec * 1e-9; }
+@KERNEL@
+int main(int argc, char **argv) {
+    int n = atoi(argv[1]);
+    iters = atol(argv[2]);
+    pthread_t th[1024];
+    int out[1024];
+    if (n < 1 || n > 1024) return 2;
+    @SETUP@
+    double t0 = now();
+    for (int i = 0; i < n; i++) pthread_create(&th[i], NULL, run, &out[i]);
+    for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
+    double t = now() - t0;
+    printf("%.3f %d\n", (double)n * iters * (@OPS@) / t / 1e9, out[0]);
+    return 0;
+}
+"""
+
+#: 16 independent vpdpbusd chains (more than latency x ports); 64 multiply-accumulates (16
+#: lanes x 4 bytes) = 128 operations per instruction.
+_VNNI_KERNEL = (r"""
+#define CHAINS 16
 static void *run(void *arg) {
     __m512i a[CHAINS], b = _mm512_set1_epi8(3), c = _mm512_set1_epi8(5);
     for (int i = 0; i < CHAINS; i++) a[i] = _mm512_set1_epi32(i);
@@ -87,41 +111,18 @@ static void *run(void *arg) {
     *(int *)arg = _mm512_reduce_add_epi32(s);
     return NULL;
 }
-int main(int argc, char **argv) {
-    int n = atoi(argv[1]);
-    iters = atol(argv[2]);
-    pthread_t th[1024];
-    int out[1024];
-    if (n < 1 || n > 1024) return 2;
-    double t0 = now();
-    for (int i = 0; i < n; i++) pthread_create(&th[i], NULL, run, &out[i]);
-    for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
-    double t = now() - t0;
-    /* 64 multiply-accumulates (16 lanes x 4 bytes) = 128 operations per instruction */
-    printf("%.3f %d\n", (double)n * iters * CHAINS * 128.0 / t / 1e9, out[0]);
-    return 0;
-}
-"""
+""", "", "CHAINS * 128.0")
 
-_AMX_SOURCE = r"""
-#include <immintrin.h>
-#include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
-static long iters;
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
-                          return t.tv_sec + t.tv_nsec * 1e-9; }
+#: 4 independent tdpbusd on 16 x 16 x 64 tiles per round, after Linux's permission for the
+#: tile state (ARCH_REQ_XCOMP_PERM, XTILEDATA) and a configuration of 8 tiles of 16 x 64 bytes.
+_AMX_KERNEL = (r"""
 static unsigned char cfg[64] __attribute__((aligned(64)));
 static void *run(void *arg) {
     static unsigned char a[1024] __attribute__((aligned(64)));
     _tile_loadconfig(cfg);
     _tile_loadd(4, a, 64); _tile_loadd(5, a, 64); _tile_loadd(6, a, 64); _tile_loadd(7, a, 64);
     _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-    for (long it = 0; it < iters; it++) { /* 4 independent 16x16x64 products */
+    for (long it = 0; it < iters; it++) {
         _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7); _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
     }
     int out[256];
@@ -130,24 +131,17 @@ static void *run(void *arg) {
     _tile_release();
     return NULL;
 }
-int main(int argc, char **argv) {
-    int n = atoi(argv[1]);
-    iters = atol(argv[2]);
-    pthread_t th[1024];
-    int out[1024];
-    if (n < 1 || n > 1024) return 2;
-    if (syscall(SYS_arch_prctl, 0x1023, 18) != 0) return 3; /* ARCH_REQ_XCOMP_PERM, XTILEDATA */
+""", r"""if (syscall(SYS_arch_prctl, 0x1023, 18) != 0) return 3;
     cfg[0] = 1;
-    for (int i = 0; i < 8; i++) { cfg[16 + 2 * i] = 64; cfg[48 + i] = 16; }
-    double t0 = now();
-    for (int i = 0; i < n; i++) pthread_create(&th[i], NULL, run, &out[i]);
-    for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
-    double t = now() - t0;
-    /* 4 instructions of 16 x 16 x 64 multiply-accumulates = 2 operations each */
-    printf("%.3f %d\n", (double)n * iters * 4 * 16 * 16 * 64 * 2.0 / t / 1e9, out[0]);
-    return 0;
-}
-"""
+    for (int i = 0; i < 8; i++) { cfg[16 + 2 * i] = 64; cfg[48 + i] = 16; }""",
+               "4 * 16 * 16 * 64 * 2.0")
+
+
+def _peak_source(kind: str) -> str:
+    kernel, setup, ops = _VNNI_KERNEL if kind == "vnni" else _AMX_KERNEL
+    return (_PEAK_DRIVER.replace("@KERNEL@", kernel).replace("@SETUP@", setup)
+            .replace("@OPS@", ops))
+
 
 #: SD-v1.5 shapes: (name, batch, h, w, in, out, kernel)
 KERNEL_CASES = (
@@ -181,7 +175,7 @@ class IntPeak:
         self.available = bool(cc) and bool(_engine.int8_backends()[kind])
         if self.available:
             src = Path(self._tmp.name, f"{kind}.c")
-            src.write_text(_VNNI_SOURCE if kind == "vnni" else _AMX_SOURCE)
+            src.write_text(_peak_source(kind))
             build = subprocess.run([str(cc), "-O3", "-march=native", "-pthread", str(src), "-o",
                                     str(self._exe)], capture_output=True, text=True, check=False)
             self.available = build.returncode == 0

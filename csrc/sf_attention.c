@@ -948,6 +948,33 @@ SF_ATTX static void attx_pack_task(void *arg, size_t t) {
     }
 }
 
+/* c[32][32] (row stride ldc floats) = sum over n steps of a 32 x 32 bfloat16 block of A
+ * (rows at a stride of lda values, step i at a + i * a_step; the second row tile 16 rows
+ * down) times the 32 x 32 block of B whose two column tiles are at b0 + i * b_step and
+ * b1 + i * b_step (16 rows of 64 bytes each): accumulator tiles 0-3, A tiles 4-5, B 6-7. */
+SF_ATTX static void attx_tiles_2x2(const uint16_t *a, size_t lda, size_t a_step,
+                                   const uint16_t *b0, const uint16_t *b1, size_t b_step,
+                                   size_t n, float *c, size_t ldc) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (size_t i = 0; i < n; i++) {
+        _tile_loadd(4, a + i * a_step, lda * 2);
+        _tile_loadd(5, a + 16 * lda + i * a_step, lda * 2);
+        _tile_loadd(6, b0 + i * b_step, 64);
+        _tile_loadd(7, b1 + i * b_step, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, c, ldc * 4);
+    _tile_stored(1, c + 16, ldc * 4);
+    _tile_stored(2, c + 16 * ldc, ldc * 4);
+    _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
+}
+
 /* One work item (see above). scratch: attx_ctx.scratch_bytes. */
 SF_ATTX static void attx_item(const attx_ctx *c, unsigned char *scratch, size_t item) {
     const size_t dpad = c->dpad, nkp = c->nkp, nk = c->kv_len, dim = c->dim;
@@ -969,27 +996,10 @@ SF_ATTX static void attx_item(const attx_ctx *c, unsigned char *scratch, size_t 
         qn[i] = attx_norm_bf16(qp + i * dpad, dpad);
     }
     SF_AMX_BARRIER();
-    const size_t nds = dpad / 32;
-    for (size_t kb = 0; kb < nkp / 16; kb += 2) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (size_t ds = 0; ds < nds; ds++) {
-            _tile_loadd(4, qp + ds * 32, dpad * 2);
-            _tile_loadd(5, qp + 16 * dpad + ds * 32, dpad * 2);
-            _tile_loadd(6, kp + (kb * nds + ds) * 512, 64);
-            _tile_loadd(7, kp + ((kb + 1) * nds + ds) * 512, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-        }
-        _tile_stored(0, s + kb * 16, nkp * 4);
-        _tile_stored(1, s + kb * 16 + 16, nkp * 4);
-        _tile_stored(2, s + 16 * nkp + kb * 16, nkp * 4);
-        _tile_stored(3, s + 16 * nkp + kb * 16 + 16, nkp * 4);
-    }
+    const size_t nds = dpad / 32; /* S: 32 keys (two key blocks) at a time */
+    for (size_t kb = 0; kb < nkp / 16; kb += 2)
+        attx_tiles_2x2(qp, dpad, 32, kp + kb * nds * 512, kp + (kb + 1) * nds * 512, 512, nds,
+                       s + kb * 16, nkp);
     SF_AMX_BARRIER();
     for (size_t i = 0; i < ATTX_QB; i++) {
         const float *sr = s + i * nkp;
@@ -1025,27 +1035,10 @@ SF_ATTX static void attx_item(const attx_ctx *c, unsigned char *scratch, size_t 
         l[i] = _mm512_reduce_add_ps(sum);
     }
     SF_AMX_BARRIER();
-    const size_t ndc = dpad / 16;
-    for (size_t dc = 0; dc < ndc; dc += 2) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (size_t kb = 0; kb < nkp / 32; kb++) {
-            _tile_loadd(4, p + kb * 32, nkp * 2);
-            _tile_loadd(5, p + 16 * nkp + kb * 32, nkp * 2);
-            _tile_loadd(6, vp + (kb * ndc + dc) * 512, 64);
-            _tile_loadd(7, vp + (kb * ndc + dc + 1) * 512, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-        }
-        _tile_stored(0, o + dc * 16, dpad * 4);
-        _tile_stored(1, o + dc * 16 + 16, dpad * 4);
-        _tile_stored(2, o + 16 * dpad + dc * 16, dpad * 4);
-        _tile_stored(3, o + 16 * dpad + dc * 16 + 16, dpad * 4);
-    }
+    const size_t ndc = dpad / 16; /* O: 32 columns (two d blocks) at a time */
+    for (size_t dc = 0; dc < ndc; dc += 2)
+        attx_tiles_2x2(p, nkp, 32, vp + dc * 512, vp + (dc + 1) * 512, ndc * 512, nkp / 32,
+                       o + dc * 16, dpad);
     SF_AMX_BARRIER();
     float *ob = c->out + (b * c->q_len + i0) * c->os + h * dim;
     for (size_t i = 0; i < nq; i++) {
