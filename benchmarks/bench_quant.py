@@ -531,6 +531,43 @@ def default_accuracy_worker(args: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t0}
 
 
+def worst_image_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Where the int8 model's worst image (held-out prompt ``args.index``) departs from the
+    float model's: the relative error of every UNet stage for identical inputs (the first
+    step's), and of the two samplers' latents after every step."""
+    import numpy as np
+
+    from snapfusion import _engine
+    from snapfusion.data import eval_prompts
+    from snapfusion.pipeline import Pipeline
+
+    _engine.set_num_threads(args.threads)
+    ref, q = Pipeline.from_pretrained(args.model), Pipeline.from_pretrained(args.int8_model)
+    prompts, _ = eval_prompts(args.accuracy_n, seed=77, split="heldout")
+    i0 = args.index // 16 * 16  # the worker's batch of 16 (its seed is i0)
+    batch, k = prompts[i0:i0 + 16], args.index - i0
+
+    def rel(a: Any, b: Any) -> float:
+        return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-30))
+
+    lat: dict[str, list[Any]] = {"ref": [], "int8": []}
+    for name, pipe in (("ref", ref), ("int8", q)):
+        pipe.set_progress_bar_config(disable=True)
+        pipe(batch, seed=i0, output_type="latent",
+             callback_on_step_end=lambda i, t, x, name=name: lat[name].append(x[k].copy()))
+    g = float(ref.recommended.get("guidance_scale", 7.5))
+    ctx = ref.encode_prompt([batch[k]], None, g > 1.0)
+    side = ref.default_size // ref.vae_scale_factor
+    x0 = np.random.default_rng(0).standard_normal((1, ref.unet.in_channels, side, side))
+    x0 = np.concatenate([x0, x0]).astype(np.float32) if g > 1.0 else x0.astype(np.float32)
+    t = int(ref.scheduler.timesteps[0]) if len(ref.scheduler.timesteps) else 999
+    yr, hr = ref.unet(x0, t, ctx, return_hooks=True)
+    yq, hq = q.unet(x0, t, ctx, return_hooks=True)
+    return {"index": args.index, "prompt": batch[k],
+            "unet_stage_rel_error": {**{n: rel(hq[n], hr[n]) for n in hr}, "out": rel(yq, yr)},
+            "latent_rel_error_per_step": [rel(a, b) for a, b in zip(lat["int8"], lat["ref"])]}
+
+
 def default_accuracy(args: argparse.Namespace) -> dict[str, Any]:
     """bf16 and int8 copies of the default model against the shipped one (module docstring)."""
     import numpy as np
@@ -584,6 +621,23 @@ def default_accuracy(args: argparse.Namespace) -> dict[str, Any]:
             results[f"accuracy_default_{variant}"] = row
             print(f"  {variant:14s} {row['psnr_mean_db']:10.1f} {row['psnr_min_db']:9.1f} {row['clip_score']:7.2f} "
                   f"{row['fid']:8.4f} {100 * row['accuracy']:8.1f}%  ({row['size_mb']:.1f} MB)")
+            if variant == "int8_own":
+                worst = int(np.argmin(psnr))
+        # where the worst int8 image departs: per UNet stage for identical inputs, per step
+        cmd = [sys.executable, __file__, "--worst-image-worker", "--model", str(model),
+               "--int8-model", str(folders["int8"]), "--index", str(worst),
+               "--accuracy-n", str(args.accuracy_n), "--threads", str(args.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"worst-image analysis failed:\n{out.stderr[-3000:]}")
+        w = json.loads(out.stdout.strip().splitlines()[-1])
+        w["psnr_db"] = results["accuracy_default_int8_own"]["psnr_min_db"]
+        results["accuracy_default_int8_own_worst"] = w
+        print(f"  worst int8 image: #{w['index']} {w['prompt']!r}, {w['psnr_db']:.1f} dB; relative "
+              "error of each UNet stage for identical inputs (first step):")
+        print("    " + ", ".join(f"{n} {e:.1e}" for n, e in w["unet_stage_rel_error"].items()))
+        print("    latents after each step: " +
+              ", ".join(f"{e:.1e}" for e in w["latent_rel_error_per_step"]))
     return results
 
 
@@ -630,6 +684,9 @@ def main() -> int:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--accuracy-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--default-accuracy-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worst-image-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--int8-model", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--accuracy-n", type=int, default=256, help="held-out prompts of the default-model accuracy")
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--variant", default="fp32", help=argparse.SUPPRESS)
@@ -648,6 +705,9 @@ def main() -> int:
         return 0
     if args.default_accuracy_worker:
         print(json.dumps(default_accuracy_worker(args)))
+        return 0
+    if args.worst_image_worker:
+        print(json.dumps(worst_image_worker(args)))
         return 0
     parts = set(args.parts.split(","))
     fma_peak, method = measure_peak_gflops(args.threads)

@@ -214,15 +214,16 @@ class Pipeline:
 
     def unet_macs(self, height: int | None = None, width: int | None = None) -> int:
         """Multiply-accumulates of one UNet call at batch 1 (default: the model's size),
-        counted by the engine while it runs one call on zeros."""
+        counted by the engine while it runs one call on zeros (the engine's running count
+        goes on, it is not reset)."""
         height, width = self._image_size(height, width)
         f = self.vae_scale_factor
         h, w = height // f, width // f
         x = np.zeros((1, self.unet.in_channels, h, w), np.float32)
         ctx = np.zeros((1, 77, self.unet.cross_attention_dim), np.float32)
-        _engine.reset_mac_counter()
+        before = _engine.mac_counter()  # the difference: the caller's count is left alone
         self.unet(x, 1, ctx)
-        return int(_engine.mac_counter())
+        return int(_engine.mac_counter() - before)
 
     # ------------------------------------------------------------------ stages
     def encode_prompt(self, prompt: Sequence[str], negative_prompt: Sequence[str] | None,

@@ -93,6 +93,9 @@ def test_small_models_default_to_one_thread(model: Path, monkeypatch: pytest.Mon
         assert _engine.get_num_threads() == 2  # the user's count is kept
         assert 0 < pipe.unet_macs() < pl.SMALL_UNET_MACS
         assert pipe.unet_macs(128, 128) > 3 * pipe.unet_macs()  # counted at the size asked for
+        running = _engine.mac_counter()
+        macs = pipe.unet_macs()
+        assert _engine.mac_counter() == running + macs  # the engine's count goes on, not reset
         Pipeline.from_pretrained(model)
         assert _engine.get_num_threads() == 1  # automatic: one thread for the 64x64 world model
         monkeypatch.setattr(pl, "SMALL_UNET_MACS", 0)  # now no model counts as small
