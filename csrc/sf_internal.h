@@ -60,6 +60,22 @@ enum {
 };
 void *sf_thread_scratch(int slot, size_t bytes);
 
+/* How a blocked GEMM (the float32 and int8 implicit-GEMM convolutions) is cut into work
+ * items: m output rows in tiles of mr rows, blocks of at most tb tiles (as many blocks as a
+ * multiple of the thread count where the rows allow, sizes differing by at most one tile),
+ * the panels split into groups too when there are few blocks (a linear layer on a few
+ * tokens), and the k reduction steps in k_blocks blocks of kc (at most kc_max, a multiple of
+ * kc_align). Item i is row block i / n_groups and panel group i % n_groups; `workers` pool
+ * tasks take items from a shared counter. */
+typedef struct {
+    size_t m, mr, m_tiles, m_blocks, panels, n_groups, k, kc, k_blocks, items, workers;
+} sf_gemm_split;
+void sf_gemm_split_make(size_t m, size_t mr, size_t tb, size_t panels, size_t k, size_t kc_max,
+                        size_t kc_align, size_t threads, sf_gemm_split *s);
+/* Item i's output rows [*row0, *row1), their tiles [*t0, *t1), and panels [*p0, *p1). */
+void sf_gemm_split_item(const sf_gemm_split *s, size_t item, size_t *t0, size_t *t1,
+                        size_t *row0, size_t *row1, size_t *p0, size_t *p1);
+
 /* Hand the heap's free memory back to the system (glibc keeps freed memory, and after large
  * frees serves big blocks from the heap rather than mmap): called when a model or an arena
  * frees its memory, so that the resident set really shrinks. */

@@ -393,8 +393,7 @@ typedef struct {
     uint8_t pad;
     const float *alpha, *beta;
     char *y;
-    size_t mr; /* rows per register tile: SF_QGEMM_MR, or SF_QGEMM_AMX_MR for AMX */
-    size_t m, m_tiles, m_blocks, n_groups, kc, k_blocks;
+    sf_gemm_split sp; /* tiles of SF_QGEMM_MR rows, or SF_QGEMM_AMX_MR for AMX */
     atomic_size_t next, done;
 } sf_qgemm_ctx;
 
@@ -407,7 +406,7 @@ static void sf_qgemm_pack(const sf_qgemm_ctx *ctx, uint8_t *a, size_t row0, size
     const size_t in = g->in, plane = geo->out_h * geo->out_w;
     const size_t tap0 = k0 / in, c0 = k0 % in;
     size_t b = row0 / plane, oy = row0 % plane / geo->out_w, ox = row0 % geo->out_w;
-    for (size_t i = 0; i < n_tiles * ctx->mr; i++) {
+    for (size_t i = 0; i < n_tiles * ctx->sp.mr; i++) {
         uint8_t *dst = a + i * SF_QGEMM_KCP;
         if (i >= n_rows) {
             memset(dst, 0, span);
@@ -447,7 +446,7 @@ static void sf_qgemm_worker(void *arg, size_t worker) {
     sf_qgemm_ctx *ctx = arg;
     const sf_qgemm *g = ctx->g;
     uint8_t *a = sf_thread_scratch(SF_SCRATCH_QGEMM_PACK, SF_QGEMM_SCRATCH);
-    const size_t items = ctx->m_blocks * ctx->n_groups, n = g->out, mr = ctx->mr;
+    const size_t items = ctx->sp.items, n = g->out, mr = ctx->sp.mr;
     (void)worker;
     if (!a)
         return; /* other workers take the items; sf_qgemm_run reports if none could */
@@ -459,17 +458,13 @@ static void sf_qgemm_worker(void *arg, size_t worker) {
         size_t item = atomic_fetch_add_explicit(&ctx->next, 1, memory_order_relaxed);
         if (item >= items)
             break;
-        size_t mb = item / ctx->n_groups, ng = item % ctx->n_groups;
-        size_t t0 = mb * ctx->m_tiles / ctx->m_blocks;
-        size_t t1 = (mb + 1) * ctx->m_tiles / ctx->m_blocks;
-        size_t row0 = t0 * mr;
-        size_t row1 = t1 * mr < ctx->m ? t1 * mr : ctx->m;
-        size_t p0 = ng * g->panels / ctx->n_groups, p1 = (ng + 1) * g->panels / ctx->n_groups;
-        for (size_t kb = 0; kb < ctx->k_blocks; kb++) {
-            size_t k0 = kb * ctx->kc;
-            size_t kl = g->k - k0 < ctx->kc ? g->k - k0 : ctx->kc;
+        size_t t0, t1, row0, row1, p0, p1;
+        sf_gemm_split_item(&ctx->sp, item, &t0, &t1, &row0, &row1, &p0, &p1);
+        for (size_t kb = 0; kb < ctx->sp.k_blocks; kb++) {
+            size_t k0 = kb * ctx->sp.kc;
+            size_t kl = g->k - k0 < ctx->sp.kc ? g->k - k0 : ctx->sp.kc;
             size_t kl4 = (kl + 3) / 4, kl64 = (kl + 63) / 64;
-            int first = kb == 0, last = kb + 1 == ctx->k_blocks;
+            int first = kb == 0, last = kb + 1 == ctx->sp.k_blocks;
             sf_qgemm_pack(ctx, a, row0, row1 - row0, t1 - t0, k0, kl,
                           g->isa == SF_QGEMM_AMX ? kl64 * 64 : kl4 * 4);
             for (size_t p = p0; p < p1; p++) {
@@ -516,14 +511,13 @@ sf_status sf_qgemm_run(const sf_qgemm *g, const sf_qgemm_geometry *geo, const ui
                        uint8_t pad_value, const float *alpha, const float *beta, void *y,
                        pthreadpool_t pool) {
     sf_qgemm_ctx ctx;
-    size_t threads, workers, items;
+    size_t m;
     if (!g || !geo || !x || !y || (alpha && !beta))
         return sf_error(SF_ERR_INVALID_ARG, "sf_qgemm_run: NULL argument");
     if (!sf_qgemm_isa_supported(g->isa))
         return sf_error(SF_ERR_UNSUPPORTED, "sf_qgemm_run: this CPU cannot run the layer's "
                         "kernel");
     memset(&ctx, 0, sizeof ctx);
-    ctx.mr = g->isa == SF_QGEMM_AMX ? SF_QGEMM_AMX_MR : SF_QGEMM_MR;
     ctx.g = g;
     ctx.geo = geo;
     ctx.x = x;
@@ -531,36 +525,18 @@ sf_status sf_qgemm_run(const sf_qgemm *g, const sf_qgemm_geometry *geo, const ui
     ctx.alpha = alpha;
     ctx.beta = beta;
     ctx.y = y;
-    if (!sf_mul_n_ok(&ctx.m, 3, geo->batch, geo->out_h, geo->out_w) || ctx.m == 0)
+    if (!sf_mul_n_ok(&m, 3, geo->batch, geo->out_h, geo->out_w) || m == 0)
         return sf_error(SF_ERR_INVALID_ARG, "sf_qgemm_run: bad output size");
-    threads = pool ? pthreadpool_get_threads_count(pool) : 1;
-    if (threads < 1)
-        threads = 1;
-    ctx.m_tiles = (ctx.m + ctx.mr - 1) / ctx.mr;
-    ctx.m_blocks = (ctx.m_tiles + SF_QGEMM_TB - 1) / SF_QGEMM_TB;
-    if (threads > 1) {
-        ctx.m_blocks = (ctx.m_blocks + threads - 1) / threads * threads;
-        if (ctx.m_blocks > ctx.m_tiles)
-            ctx.m_blocks = ctx.m_tiles;
-    }
-    ctx.n_groups = 1;
-    if (threads > 1 && ctx.m_blocks < 2 * threads) {
-        /* few output rows (a linear layer on a few tokens): split the output channels too */
-        ctx.n_groups = (4 * threads + ctx.m_blocks - 1) / ctx.m_blocks;
-        if (ctx.n_groups > g->panels)
-            ctx.n_groups = g->panels;
-    }
-    ctx.k_blocks = (g->k + SF_QGEMM_KC - 1) / SF_QGEMM_KC;
-    ctx.kc = ((g->k + ctx.k_blocks - 1) / ctx.k_blocks + 63) / 64 * 64;
-    items = ctx.m_blocks * ctx.n_groups;
-    workers = items < threads ? items : threads;
+    sf_gemm_split_make(m, g->isa == SF_QGEMM_AMX ? SF_QGEMM_AMX_MR : SF_QGEMM_MR, SF_QGEMM_TB,
+                       g->panels, g->k, SF_QGEMM_KC, 64,
+                       pool ? pthreadpool_get_threads_count(pool) : 1, &ctx.sp);
     atomic_init(&ctx.next, 0);
     atomic_init(&ctx.done, 0);
-    if (workers > 1)
-        pthreadpool_parallelize_1d(pool, sf_qgemm_worker, &ctx, workers, 0);
+    if (ctx.sp.workers > 1)
+        pthreadpool_parallelize_1d(pool, sf_qgemm_worker, &ctx, ctx.sp.workers, 0);
     else
         sf_qgemm_worker(&ctx, 0);
-    if (atomic_load(&ctx.done) != items)
+    if (atomic_load(&ctx.done) != ctx.sp.items)
         return sf_error(SF_ERR_OOM, "sf_qgemm_run: out of memory (%zu bytes of packing buffer "
                         "per thread)", SF_QGEMM_SCRATCH);
     return SF_OK;

@@ -322,6 +322,48 @@ void sf_amx_begin(void) {}
 void sf_amx_end(void) {}
 #endif
 
+/* ---- blocked GEMM work split --------------------------------------------------------------- */
+
+void sf_gemm_split_make(size_t m, size_t mr, size_t tb, size_t panels, size_t k, size_t kc_max,
+                        size_t kc_align, size_t threads, sf_gemm_split *s) {
+    memset(s, 0, sizeof *s);
+    if (threads < 1)
+        threads = 1;
+    s->m = m;
+    s->mr = mr;
+    s->panels = panels;
+    s->k = k;
+    s->m_tiles = (m + mr - 1) / mr;
+    s->m_blocks = (s->m_tiles + tb - 1) / tb;
+    if (threads > 1) {
+        /* a multiple of the thread count, so that threads get equal shares */
+        s->m_blocks = (s->m_blocks + threads - 1) / threads * threads;
+        if (s->m_blocks > s->m_tiles)
+            s->m_blocks = s->m_tiles;
+    }
+    s->n_groups = 1;
+    if (threads > 1 && s->m_blocks < 2 * threads) {
+        s->n_groups = (4 * threads + s->m_blocks - 1) / s->m_blocks;
+        if (s->n_groups > panels)
+            s->n_groups = panels;
+    }
+    s->k_blocks = (k + kc_max - 1) / kc_max;
+    s->kc = ((k + s->k_blocks - 1) / s->k_blocks + kc_align - 1) / kc_align * kc_align;
+    s->items = s->m_blocks * s->n_groups;
+    s->workers = s->items < threads ? s->items : threads;
+}
+
+void sf_gemm_split_item(const sf_gemm_split *s, size_t item, size_t *t0, size_t *t1,
+                        size_t *row0, size_t *row1, size_t *p0, size_t *p1) {
+    size_t mb = item / s->n_groups, ng = item % s->n_groups;
+    *t0 = mb * s->m_tiles / s->m_blocks;
+    *t1 = (mb + 1) * s->m_tiles / s->m_blocks;
+    *row0 = *t0 * s->mr;
+    *row1 = *t1 * s->mr < s->m ? *t1 * s->mr : s->m;
+    *p0 = ng * s->panels / s->n_groups;
+    *p1 = (ng + 1) * s->panels / s->n_groups;
+}
+
 /* ---- per-thread growable scratch ---------------------------------------------------------- */
 
 typedef struct {

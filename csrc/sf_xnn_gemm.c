@@ -251,11 +251,7 @@ typedef struct {
     const sf_gemm_geometry *geo;
     const float *x;
     float *y;
-    size_t m;          /* output rows: batch * out_h * out_w */
-    size_t m_tiles;    /* ceil(m / MR) */
-    size_t m_blocks;   /* blocks of tiles (sizes differ by at most one tile) */
-    size_t n_groups;   /* groups of panels */
-    size_t kc, k_blocks;
+    sf_gemm_split sp;   /* rows: batch * out_h * out_w in tiles of SF_GEMM_MR */
     atomic_size_t next; /* next work item */
     atomic_size_t done; /* work items completed */
 } sf_gemm_ctx;
@@ -344,7 +340,7 @@ static void sf_gemm_worker(void *arg, size_t worker) {
     sf_gemm_ctx *ctx = arg;
     const sf_gemm *g = ctx->g;
     float *a = sf_gemm_scratch();
-    const size_t items = ctx->m_blocks * ctx->n_groups;
+    const size_t items = ctx->sp.items;
     (void)worker;
     if (!a)
         return; /* the other workers take the items; sf_gemm_run reports if none could */
@@ -353,16 +349,13 @@ static void sf_gemm_worker(void *arg, size_t worker) {
         size_t item = atomic_fetch_add_explicit(&ctx->next, 1, memory_order_relaxed);
         if (item >= items)
             break;
-        size_t mb = item / ctx->n_groups, ng = item % ctx->n_groups;
-        size_t t0 = mb * ctx->m_tiles / ctx->m_blocks, t1 = (mb + 1) * ctx->m_tiles / ctx->m_blocks;
-        size_t row0 = t0 * SF_GEMM_MR;
-        size_t row1 = t1 * SF_GEMM_MR < ctx->m ? t1 * SF_GEMM_MR : ctx->m;
-        size_t p0 = ng * g->panels / ctx->n_groups, p1 = (ng + 1) * g->panels / ctx->n_groups;
-        for (size_t kb = 0; kb < ctx->k_blocks; kb++) {
-            size_t k0 = kb * ctx->kc;
-            size_t kl = g->k - k0 < ctx->kc ? g->k - k0 : ctx->kc;
+        size_t t0, t1, row0, row1, p0, p1;
+        sf_gemm_split_item(&ctx->sp, item, &t0, &t1, &row0, &row1, &p0, &p1);
+        for (size_t kb = 0; kb < ctx->sp.k_blocks; kb++) {
+            size_t k0 = kb * ctx->sp.kc;
+            size_t kl = g->k - k0 < ctx->sp.kc ? g->k - k0 : ctx->sp.kc;
             sf_gemm_pack(ctx, a, row0, row1 - row0, t1 - t0, k0, kl);
-            int last = kb + 1 == ctx->k_blocks;
+            int last = kb + 1 == ctx->sp.k_blocks;
             for (size_t p = p0; p < p1; p++) {
                 const float *bp = g->packed + (p * g->k + k0) * SF_GEMM_NR;
                 size_t cols = n - p * SF_GEMM_NR < SF_GEMM_NR ? n - p * SF_GEMM_NR : SF_GEMM_NR;
@@ -376,8 +369,8 @@ static void sf_gemm_worker(void *arg, size_t worker) {
                 const float *next = NULL;
                 if (p + 1 < p1)
                     next = g->packed + ((p + 1) * g->k + k0) * SF_GEMM_NR;
-                else if (kb + 1 < ctx->k_blocks && g->k - (k0 + ctx->kc) >= kl)
-                    next = g->packed + (p0 * g->k + k0 + ctx->kc) * SF_GEMM_NR;
+                else if (kb + 1 < ctx->sp.k_blocks && g->k - (k0 + ctx->sp.kc) >= kl)
+                    next = g->packed + (p0 * g->k + k0 + ctx->sp.kc) * SF_GEMM_NR;
                 for (size_t t = 0; t < t1 - t0; t++) {
                     size_t r0 = row0 + t * SF_GEMM_MR;
                     size_t rows = row1 - r0 < SF_GEMM_MR ? row1 - r0 : SF_GEMM_MR;
@@ -399,7 +392,7 @@ static void sf_gemm_worker(void *arg, size_t worker) {
 sf_status sf_gemm_run(const sf_gemm *g, const sf_gemm_geometry *geo, const float *x, float *y,
                       pthreadpool_t pool) {
     sf_gemm_ctx ctx;
-    size_t threads, workers, items;
+    size_t m;
     if (!g || !geo || !x || !y)
         return sf_error(SF_ERR_INVALID_ARG, "sf_gemm_run: NULL argument");
     if (!sf_gemm_cpu_ok())
@@ -409,37 +402,17 @@ sf_status sf_gemm_run(const sf_gemm *g, const sf_gemm_geometry *geo, const float
     ctx.geo = geo;
     ctx.x = x;
     ctx.y = y;
-    if (!sf_mul_n_ok(&ctx.m, 3, geo->batch, geo->out_h, geo->out_w) || ctx.m == 0)
+    if (!sf_mul_n_ok(&m, 3, geo->batch, geo->out_h, geo->out_w) || m == 0)
         return sf_error(SF_ERR_INVALID_ARG, "sf_gemm_run: bad output size");
-    threads = pool ? pthreadpool_get_threads_count(pool) : 1;
-    if (threads < 1)
-        threads = 1;
-    ctx.m_tiles = (ctx.m + SF_GEMM_MR - 1) / SF_GEMM_MR;
-    ctx.m_blocks = (ctx.m_tiles + SF_GEMM_TB - 1) / SF_GEMM_TB;
-    if (threads > 1) {
-        /* a multiple of the thread count, so that threads get equal shares */
-        ctx.m_blocks = (ctx.m_blocks + threads - 1) / threads * threads;
-        if (ctx.m_blocks > ctx.m_tiles)
-            ctx.m_blocks = ctx.m_tiles;
-    }
-    ctx.n_groups = 1;
-    if (threads > 1 && ctx.m_blocks < 2 * threads) {
-        /* few output rows (a linear layer on a few tokens): split the output channels too */
-        ctx.n_groups = (4 * threads + ctx.m_blocks - 1) / ctx.m_blocks;
-        if (ctx.n_groups > g->panels)
-            ctx.n_groups = g->panels;
-    }
-    ctx.k_blocks = (g->k + SF_GEMM_KC - 1) / SF_GEMM_KC;
-    ctx.kc = (g->k + ctx.k_blocks - 1) / ctx.k_blocks;
-    items = ctx.m_blocks * ctx.n_groups;
-    workers = items < threads ? items : threads;
+    sf_gemm_split_make(m, SF_GEMM_MR, SF_GEMM_TB, g->panels, g->k, SF_GEMM_KC, 1,
+                       pool ? pthreadpool_get_threads_count(pool) : 1, &ctx.sp);
     atomic_init(&ctx.next, 0);
     atomic_init(&ctx.done, 0);
-    if (workers > 1)
-        pthreadpool_parallelize_1d(pool, sf_gemm_worker, &ctx, workers, 0);
+    if (ctx.sp.workers > 1)
+        pthreadpool_parallelize_1d(pool, sf_gemm_worker, &ctx, ctx.sp.workers, 0);
     else
         sf_gemm_worker(&ctx, 0);
-    if (atomic_load(&ctx.done) != items)
+    if (atomic_load(&ctx.done) != ctx.sp.items)
         return sf_error(SF_ERR_OOM, "sf_gemm_run: out of memory (%zu bytes of packing buffer "
                         "per thread)", SF_GEMM_SCRATCH);
     return SF_OK;
