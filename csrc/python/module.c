@@ -1,5 +1,7 @@
 /* module.c — PyInit__engine: the snapfusion._engine extension module. */
 #define SF_PY_MODULE_C
+#include <stdarg.h>
+
 #include "sf_py.h"
 
 PyObject *sf_py_engine_error = NULL;
@@ -27,6 +29,22 @@ PyObject *sf_py_raise(sf_status st) {
         break;
     }
     PyErr_SetString(type, msg);
+    return NULL;
+}
+
+PyObject *sf_py_finish(sf_status st, PyArrayObject *y, int n, ...) {
+    va_list ap;
+    va_start(ap, n);
+    for (int i = 0; i < n; i++) {
+        PyArrayObject *a = va_arg(ap, PyArrayObject *);
+        Py_XDECREF(a);
+    }
+    va_end(ap);
+    if (st == SF_OK)
+        return (PyObject *)y;
+    Py_XDECREF(y);
+    if (st != SF_PY_RAISED)
+        sf_py_raise(st);
     return NULL;
 }
 

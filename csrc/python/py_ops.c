@@ -116,20 +116,9 @@ static PyObject *py_group_norm(PyObject *self, PyObject *args, PyObject *kwargs)
     st = sf_group_norm(PyArray_DATA(x), batch, hw, c, (size_t)groups, (float)eps,
                        data_or_null(gamma), data_or_null(beta), silu, PyArray_DATA(y));
     Py_END_ALLOW_THREADS
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        goto fail;
-    }
-    Py_DECREF(x);
-    Py_XDECREF(gamma);
-    Py_XDECREF(beta);
-    return (PyObject *)y;
+    return sf_py_finish(st, y, 3, x, gamma, beta);
 fail:
-    Py_XDECREF(x);
-    Py_XDECREF(gamma);
-    Py_XDECREF(beta);
-    Py_XDECREF(y);
-    return NULL;
+    return sf_py_finish(SF_PY_RAISED, y, 3, x, gamma, beta);
 }
 
 static PyObject *py_layer_norm(PyObject *self, PyObject *args, PyObject *kwargs) {
@@ -161,20 +150,9 @@ static PyObject *py_layer_norm(PyObject *self, PyObject *args, PyObject *kwargs)
     st = sf_layer_norm(PyArray_DATA(x), rows, dim, (float)eps, data_or_null(gamma),
                        data_or_null(beta), PyArray_DATA(y));
     Py_END_ALLOW_THREADS
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        goto fail;
-    }
-    Py_DECREF(x);
-    Py_XDECREF(gamma);
-    Py_XDECREF(beta);
-    return (PyObject *)y;
+    return sf_py_finish(st, y, 3, x, gamma, beta);
 fail:
-    Py_XDECREF(x);
-    Py_XDECREF(gamma);
-    Py_XDECREF(beta);
-    Py_XDECREF(y);
-    return NULL;
+    return sf_py_finish(SF_PY_RAISED, y, 3, x, gamma, beta);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -273,16 +251,9 @@ static PyObject *py_geglu(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_BEGIN_ALLOW_THREADS
     st = sf_geglu(PyArray_DATA(x), rows, two_d / 2, a, PyArray_DATA(y));
     Py_END_ALLOW_THREADS
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        goto fail;
-    }
-    Py_DECREF(x);
-    return (PyObject *)y;
+    return sf_py_finish(st, y, 1, x);
 fail:
-    Py_XDECREF(x);
-    Py_XDECREF(y);
-    return NULL;
+    return sf_py_finish(SF_PY_RAISED, y, 1, x);
 }
 
 static PyObject *py_softmax(PyObject *self, PyObject *xo) {
@@ -298,16 +269,9 @@ static PyObject *py_softmax(PyObject *self, PyObject *xo) {
     Py_BEGIN_ALLOW_THREADS
     st = sf_softmax(PyArray_DATA(x), rows, n, PyArray_DATA(y));
     Py_END_ALLOW_THREADS
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        goto fail;
-    }
-    Py_DECREF(x);
-    return (PyObject *)y;
+    return sf_py_finish(st, y, 1, x);
 fail:
-    Py_XDECREF(x);
-    Py_XDECREF(y);
-    return NULL;
+    return sf_py_finish(SF_PY_RAISED, y, 1, x);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -370,18 +334,9 @@ static PyObject *binary(const char *fn, PyObject *ao, PyObject *bo, int axpby, f
     else
         st = sf_add(PyArray_DATA(a), PyArray_DATA(b), numel(a), PyArray_DATA(y));
     Py_END_ALLOW_THREADS
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        goto fail;
-    }
-    Py_DECREF(a);
-    Py_DECREF(b);
-    return (PyObject *)y;
+    return sf_py_finish(st, y, 2, a, b);
 fail:
-    Py_XDECREF(a);
-    Py_XDECREF(b);
-    Py_XDECREF(y);
-    return NULL;
+    return sf_py_finish(SF_PY_RAISED, y, 2, a, b);
 }
 
 static PyObject *py_add(PyObject *self, PyObject *args, PyObject *kwargs) {
@@ -441,18 +396,9 @@ static PyObject *py_add_rows(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_BEGIN_ALLOW_THREADS
     st = sf_add_rows(PyArray_DATA(x), batch, rows, c, PyArray_DATA(v), PyArray_DATA(y));
     Py_END_ALLOW_THREADS
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        goto fail;
-    }
-    Py_DECREF(x);
-    Py_DECREF(v);
-    return (PyObject *)y;
+    return sf_py_finish(st, y, 2, x, v);
 fail:
-    Py_XDECREF(x);
-    Py_XDECREF(v);
-    Py_XDECREF(y);
-    return NULL;
+    return sf_py_finish(SF_PY_RAISED, y, 2, x, v);
 }
 
 static PyObject *py_concat_channels(PyObject *self, PyObject *args, PyObject *kwargs) {
@@ -490,18 +436,9 @@ static PyObject *py_concat_channels(PyObject *self, PyObject *args, PyObject *kw
     st = sf_concat_channels(PyArray_DATA(a), last_dim(a), PyArray_DATA(b), last_dim(b), rows,
                             PyArray_DATA(y));
     Py_END_ALLOW_THREADS
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        goto fail;
-    }
-    Py_DECREF(a);
-    Py_DECREF(b);
-    return (PyObject *)y;
+    return sf_py_finish(st, y, 2, a, b);
 fail:
-    Py_XDECREF(a);
-    Py_XDECREF(b);
-    Py_XDECREF(y);
-    return NULL;
+    return sf_py_finish(SF_PY_RAISED, y, 2, a, b);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -538,18 +475,9 @@ static PyObject *py_embedding(PyObject *self, PyObject *args, PyObject *kwargs) 
                       (size_t)PyArray_DIM(table, 1), PyArray_DATA(ids), numel(ids),
                       PyArray_DATA(y));
     Py_END_ALLOW_THREADS
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        goto fail;
-    }
-    Py_DECREF(table);
-    Py_DECREF(ids);
-    return (PyObject *)y;
+    return sf_py_finish(st, y, 2, table, ids);
 fail:
-    Py_XDECREF(table);
-    Py_XDECREF(ids);
-    Py_XDECREF(y);
-    return NULL;
+    return sf_py_finish(SF_PY_RAISED, y, 2, table, ids);
 }
 
 static PyObject *py_timestep_embedding(PyObject *self, PyObject *args, PyObject *kwargs) {
@@ -585,16 +513,9 @@ static PyObject *py_timestep_embedding(PyObject *self, PyObject *args, PyObject 
     st = sf_timestep_embedding(PyArray_DATA(t), numel(t), (size_t)dim, flip, (float)shift,
                                (float)scale, (float)max_period, PyArray_DATA(y));
     Py_END_ALLOW_THREADS
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        goto fail;
-    }
-    Py_DECREF(t);
-    return (PyObject *)y;
+    return sf_py_finish(st, y, 1, t);
 fail:
-    Py_XDECREF(t);
-    Py_XDECREF(y);
-    return NULL;
+    return sf_py_finish(SF_PY_RAISED, y, 1, t);
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -324,16 +324,9 @@ static PyObject *qconv_call(PyQConv *self, PyObject *args, PyObject *kwds) {
                       (size_t)PyArray_DIM(x, 1), (size_t)PyArray_DIM(x, 2), PyArray_DATA(y));
     Py_END_ALLOW_THREADS
     self->busy = 0;
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        goto fail;
-    }
-    Py_DECREF(x);
-    return (PyObject *)y;
+    return sf_py_finish(st, y, 1, x);
 fail:
-    Py_XDECREF(x);
-    Py_XDECREF(y);
-    return NULL;
+    return sf_py_finish(SF_PY_RAISED, y, 1, x);
 }
 
 /* qconv.linear(x (rows, in)) -> (rows, out) for a 1x1 layer */
@@ -363,16 +356,9 @@ static PyObject *qconv_linear(PyQConv *self, PyObject *xo) {
                              PyArray_DATA(y));
     Py_END_ALLOW_THREADS
     self->busy = 0;
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        goto fail;
-    }
-    Py_DECREF(x);
-    return (PyObject *)y;
+    return sf_py_finish(st, y, 1, x);
 fail:
-    Py_XDECREF(x);
-    Py_XDECREF(y);
-    return NULL;
+    return sf_py_finish(SF_PY_RAISED, y, 1, x);
 }
 
 static PyObject *qconv_get_backend(PyQConv *self, void *closure) {

@@ -246,16 +246,9 @@ static PyObject *conv_apply(const char *fn, sf_conv2d *conv, const sf_conv2d_par
     st = sf_conv2d_run(conv, xd, batch, h, w, yd);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(copy);
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        goto fail;
-    }
-    Py_DECREF(x);
-    return (PyObject *)y;
+    return sf_py_finish(st, y, 1, x);
 fail:
-    Py_XDECREF(x);
-    Py_XDECREF(y);
-    return NULL;
+    return sf_py_finish(SF_PY_RAISED, y, 1, x);
 }
 
 static PyObject *Conv_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
@@ -444,16 +437,9 @@ static PyObject *linear_apply(const char *fn, sf_linear *lin, size_t in, size_t 
     st = sf_linear_run(lin, xd, rows, yd);
     Py_END_ALLOW_THREADS
     PyMem_RawFree(copy);
-    if (st != SF_OK) {
-        sf_py_raise(st);
-        goto fail;
-    }
-    Py_DECREF(x);
-    return (PyObject *)y;
+    return sf_py_finish(st, y, 1, x);
 fail:
-    Py_XDECREF(x);
-    Py_XDECREF(y);
-    return NULL;
+    return sf_py_finish(SF_PY_RAISED, y, 1, x);
 }
 
 static PyObject *Linear_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {

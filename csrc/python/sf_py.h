@@ -27,6 +27,14 @@ extern PyObject *sf_py_engine_error;
  * MemoryError; XNNPACK, CANCELLED -> EngineError. */
 PyObject *sf_py_raise(sf_status st);
 
+/* Status for sf_py_finish: a Python exception is already set. */
+#define SF_PY_RAISED ((sf_status)-1)
+
+/* The end of a binding that computed y from n input arrays (the varargs, PyArrayObject *,
+ * NULL allowed): drops the inputs; returns y when st is SF_OK, else drops y too and returns
+ * NULL, raising the status's exception unless st is SF_PY_RAISED. */
+PyObject *sf_py_finish(sf_status st, PyArrayObject *y, int n, ...);
+
 /* Convert `obj` to a C-contiguous, aligned float32 ndarray (new reference), copying when it is
  * not already one (non-contiguous input is accepted by copying). Real numeric dtypes (integer,
  * float) are cast; bool, complex, object and string arrays raise TypeError naming `name`.
