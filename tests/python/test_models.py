@@ -209,3 +209,31 @@ def test_release_memory(golden_dir: Path) -> None:
     lazy.set_progress_bar_config(disable=True)
     assert lazy.unload_models and not lazy.unet.loaded
     np.testing.assert_array_equal(lazy("a cat", **kw).images, ref)
+
+
+def test_unloaded_model_whose_file_went_away(golden_dir: Path, tmp_path: Path) -> None:
+    """An unloaded component reads its file again when next used: a file gone or damaged in
+    between is a clear error, and the component works again once the file is back."""
+    import shutil
+
+    from snapfusion.components import UNet
+
+    folder = tmp_path / "unet"
+    shutil.copytree(golden_dir / "unet_sd15_small", folder)
+    d = np.load(golden_dir / "unet_sd15_small.npz")
+    x, t, ctx = d["main__sample"], d["main__timestep"], d["main__encoder_hidden_states"]
+    unet = UNet(folder)
+    ref = unet(x, t, ctx)
+    unet.unload()
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    weights.rename(tmp_path / "away.safetensors")
+    with pytest.raises(OSError):
+        unet(x, t, ctx)
+    assert not unet.loaded
+    (tmp_path / "away.safetensors").write_bytes(b"garbage")
+    shutil.copy(tmp_path / "away.safetensors", weights)
+    with pytest.raises(ValueError):
+        unet(x, t, ctx)
+    shutil.copy(golden_dir / "unet_sd15_small" / "diffusion_pytorch_model.safetensors", weights)
+    np.testing.assert_array_equal(unet(x, t, ctx), ref)
+    assert unet.loaded
