@@ -339,16 +339,25 @@ static void att_store_out_generic(const float *restrict ot, const float *restric
 #define SF_AVX512_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"), \
                                         always_inline)) inline
 
-/* 2^x for x <= 0: 0 for x < -150 and -inf (exactly), NaN kept. */
-SF_AVX512_INLINE static __m512 att_exp2_avx512(__m512 x) {
+/* 2^x for x <= 0: 0 for x < -150 and -inf (exactly), NaN kept. bf16 (a constant): only to
+ * the precision of bfloat16, with a degree-3 polynomial on [-0.5, 0.5] (relative error < 1e-4,
+ * well below bfloat16's 2^-9) instead of the degree-5 one. */
+SF_AVX512_INLINE static __m512 att_exp2_avx512(__m512 x, const int bf16) {
     x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x); /* second operand kept when NaN */
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(ATT_P5);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATT_P4));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATT_P3));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATT_P2));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATT_P1));
+    __m512 p;
+    if (bf16) {
+        p = _mm512_set1_ps(5.5504108664e-02f);
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-01f));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-01f));
+    } else {
+        p = _mm512_set1_ps(ATT_P5);
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATT_P4));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATT_P3));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATT_P2));
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATT_P1));
+    }
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(ATT_P0));
     return _mm512_scalef_ps(p, n);
 }
@@ -454,18 +463,18 @@ static void att_softmax_avx512(float *restrict st, size_t nk, float *restrict m,
     __m512 mn1 = _mm512_max_ps(_mm512_loadu_ps(tmax + 16), mo1);
     __m512 al0 = _mm512_setzero_ps(), al1 = _mm512_setzero_ps();
     if (!first) {
-        al0 = att_exp2_avx512(_mm512_sub_ps(mo0, mn0));
-        al1 = att_exp2_avx512(_mm512_sub_ps(mo1, mn1));
+        al0 = att_exp2_avx512(_mm512_sub_ps(mo0, mn0), 0);
+        al1 = att_exp2_avx512(_mm512_sub_ps(mo1, mn1), 0);
     }
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
     __m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
     size_t j = 0;
     for (; j + 2 <= nk; j += 2) {
         float *row = st + j * ATT_QB;
-        __m512 p0 = att_exp2_avx512(_mm512_sub_ps(_mm512_load_ps(row), mn0));
-        __m512 p1 = att_exp2_avx512(_mm512_sub_ps(_mm512_load_ps(row + 16), mn1));
-        __m512 p2 = att_exp2_avx512(_mm512_sub_ps(_mm512_load_ps(row + 32), mn0));
-        __m512 p3 = att_exp2_avx512(_mm512_sub_ps(_mm512_load_ps(row + 48), mn1));
+        __m512 p0 = att_exp2_avx512(_mm512_sub_ps(_mm512_load_ps(row), mn0), 0);
+        __m512 p1 = att_exp2_avx512(_mm512_sub_ps(_mm512_load_ps(row + 16), mn1), 0);
+        __m512 p2 = att_exp2_avx512(_mm512_sub_ps(_mm512_load_ps(row + 32), mn0), 0);
+        __m512 p3 = att_exp2_avx512(_mm512_sub_ps(_mm512_load_ps(row + 48), mn1), 0);
         _mm512_store_ps(row, p0);
         _mm512_store_ps(row + 16, p1);
         _mm512_store_ps(row + 32, p2);
@@ -477,8 +486,8 @@ static void att_softmax_avx512(float *restrict st, size_t nk, float *restrict m,
     }
     for (; j < nk; j++) {
         float *row = st + j * ATT_QB;
-        __m512 p0 = att_exp2_avx512(_mm512_sub_ps(_mm512_load_ps(row), mn0));
-        __m512 p1 = att_exp2_avx512(_mm512_sub_ps(_mm512_load_ps(row + 16), mn1));
+        __m512 p0 = att_exp2_avx512(_mm512_sub_ps(_mm512_load_ps(row), mn0), 0);
+        __m512 p1 = att_exp2_avx512(_mm512_sub_ps(_mm512_load_ps(row + 16), mn1), 0);
         _mm512_store_ps(row, p0);
         _mm512_store_ps(row + 16, p1);
         s0 = _mm512_add_ps(s0, p0);
@@ -866,19 +875,6 @@ static int attx_workspace_bytes(const sf_attention_params *p, size_t *bytes) {
     return sf_mul_n_ok(bytes, 2, (size_t)ATTX_GROUP, per_head + 64);
 }
 
-/* 2^x for x <= 0 to the precision of bfloat16: a degree-3 polynomial on [-0.5, 0.5]
- * (relative error < 1e-4, well below bfloat16's 2^-9); 0 below -150, NaN kept. */
-SF_ATTX static inline __m512 attx_exp2(__m512 x) {
-    x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x); /* second operand kept when NaN */
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(5.5504108664e-02f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-01f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-01f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-
 /* n floats (a row of the head) * scale to bfloat16 at dst, zero up to dpad. */
 SF_ATTX static void attx_row_bf16(const float *src, size_t n, float scale, size_t dpad,
                                   uint16_t *dst) {
@@ -1027,7 +1023,7 @@ SF_ATTX static void attx_item(const attx_ctx *c, unsigned char *scratch, size_t 
             __mmask16 live = j + 16 <= nk ? (__mmask16)0xffff
                              : j < nk      ? (__mmask16)((1u << (nk - j)) - 1u)
                                            : (__mmask16)0;
-            __m512 e = attx_exp2(_mm512_sub_ps(_mm512_loadu_ps(sr + j), m));
+            __m512 e = att_exp2_avx512(_mm512_sub_ps(_mm512_loadu_ps(sr + j), m), 1);
             e = _mm512_maskz_mov_ps(live, e);
             _mm256_storeu_si256((__m256i *)(pr + j), (__m256i)_mm512_cvtneps_pbh(e));
             sum = _mm512_add_ps(sum, e);

@@ -1,8 +1,6 @@
 /* sf_tensor.c — storage dtypes, conversions, and the activation arena. */
 #include <math.h>
 #include <stdlib.h>
-#ifdef __GLIBC__
-#endif
 #include <string.h>
 
 #include "sf_internal.h"
