@@ -156,8 +156,9 @@ class Pipeline:
             tokenizer: for single-file checkpoints, the CLIP tokenizer folder (default: a
                 ``tokenizer/`` folder next to the file).
             low_memory: keep one model in memory at a time: each is loaded (and checked) and
-                unloaded again before the next, and a generation loads each for its stage
-                only (``enable_low_memory(unload_models=True)``). The peak is then the largest
+                unloaded again before the next (a single-file checkpoint's models are loaded
+                together, then unloaded), and a generation loads each for its stage only
+                (``enable_low_memory(unload_models=True)``). The peak is then the largest
                 model plus its activations instead of all three models plus the largest
                 activations; each generation reads the weights again (about a second per GB).
 
@@ -175,26 +176,22 @@ class Pipeline:
 
             pipe = load_single_file(cls, root, scheduler=scheduler, allow_pickle=allow_pickle,
                                     tokenizer=Path(tokenizer) if tokenizer else None)
-            if threads is None:
-                _auto_threads(pipe)
-            return pipe
-        if not root.is_dir():
-            raise OSError(f"{root}: no such model folder or file")
-        if not (root / "model_index.json").is_file():
-            raise OSError(f"{root}: not a diffusers model folder (no model_index.json)")
-        tok = CLIPTokenizer.from_pretrained(root / "tokenizer")
-        enc = TextEncoder(root / "text_encoder")
-        if low_memory:
-            enc.unload()
-        unet = UNet(root / "unet")
-        if low_memory:
-            unet.unload()
-        vae = AutoencoderKL(root / "vae", encoder=(root / "vae").is_dir())
-        if low_memory:
-            vae.unload()
-        sched = scheduler_from_config(root / "scheduler", name=scheduler)
-        pipe = cls(tok, enc, unet, vae, sched, name=str(root))
-        pipe.recommended = _read_recommended(root / "snapfusion_model.json")
+        else:
+            if not root.is_dir():
+                raise OSError(f"{root}: no such model folder or file")
+            if not (root / "model_index.json").is_file():
+                raise OSError(f"{root}: not a diffusers model folder (no model_index.json)")
+
+            def load(model: Any) -> Any:  # with low_memory, unloaded before the next loads
+                if low_memory:
+                    model.unload()
+                return model
+
+            pipe = cls(CLIPTokenizer.from_pretrained(root / "tokenizer"),
+                       load(TextEncoder(root / "text_encoder")), load(UNet(root / "unet")),
+                       load(AutoencoderKL(root / "vae", encoder=(root / "vae").is_dir())),
+                       scheduler_from_config(root / "scheduler", name=scheduler), name=str(root))
+            pipe.recommended = _read_recommended(root / "snapfusion_model.json")
         if threads is None:
             _auto_threads(pipe)
         if low_memory:

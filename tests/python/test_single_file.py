@@ -157,6 +157,10 @@ def test_single_file_equals_folder(golden_dir: Path, ldm_file: Path) -> None:
     b = ref("a red circle", num_inference_steps=3, seed=1, height=32, width=48,
             output_type="np").images
     np.testing.assert_array_equal(a, b)
+    lean = Pipeline.from_pretrained(ldm_file, low_memory=True)  # single files too
+    assert lean.unload_models and not lean.unet.loaded
+    np.testing.assert_array_equal(lean("a red circle", num_inference_steps=3, seed=1, height=32,
+                                       width=48, output_type="np").images, b)
 
 
 def test_single_file_errors(ldm_file: Path, tmp_path: Path) -> None:
