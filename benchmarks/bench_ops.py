@@ -10,6 +10,8 @@ other side down); the median of ``--repeat`` runs is reported. Rows:
 - fully connected [4096 x 320] . [320 x 1280] (bias),
 - self-attention over 4096 tokens, 8 heads of 40 (torch: F.scaled_dot_product_attention),
 - cross-attention 4096 x 77 tokens, 8 heads of 40,
+- the same self-attention with ``bf16=True`` (the attention of the engine's int8 models:
+  bfloat16 products on AMX tiles where the CPU has them; its error column shows the cost),
 - group norm (32 groups) + SiLU over 64x64x320.
 
 Rows whose engine function does not exist (yet) are reported as "not available".
@@ -123,7 +125,8 @@ def make_rows(rng: np.random.Generator) -> list[Row]:
 
         return Row(f"linear [{m}x{k}].[{k}x{n}]", 2.0 * m * k * n, build)
 
-    def attention_row(label: str, q_len: int, kv_len: int, heads: int = 8, dim: int = 40) -> Row:
+    def attention_row(label: str, q_len: int, kv_len: int, heads: int = 8, dim: int = 40,
+                      bf16: bool = False) -> Row:
         def build():
             attn = _engine_fn("attention")
             q = rng.standard_normal((1, q_len, heads * dim), dtype=np.float32)
@@ -139,9 +142,9 @@ def make_rows(rng: np.random.Generator) -> list[Row]:
             def check() -> float:
                 ref = F.scaled_dot_product_attention(qt, kt, vt)
                 ref = ref.permute(0, 2, 1, 3).reshape(1, q_len, heads * dim).numpy()
-                return _rel_err(attn(q, k, v, heads=heads), ref)
+                return _rel_err(attn(q, k, v, heads=heads, bf16=bf16), ref)
 
-            return ((lambda: attn(q, k, v, heads=heads)),
+            return ((lambda: attn(q, k, v, heads=heads, bf16=bf16)),
                     (lambda: F.scaled_dot_product_attention(qt, kt, vt)), check)
 
         return Row(label, 4.0 * heads * q_len * kv_len * dim, build)
@@ -170,6 +173,7 @@ def make_rows(rng: np.random.Generator) -> list[Row]:
         linear_row(4096, 320, 1280),
         attention_row("self-attention 4096, 8x40", 4096, 4096),
         attention_row("cross-attention 4096x77, 8x40", 4096, 77),
+        attention_row("self-attention 4096, 8x40, bf16", 4096, 4096, bf16=True),
         group_norm_row(64, 320),
     ]
 
