@@ -24,6 +24,7 @@ import torch
 
 from .common import TrainConfig, Trainer, config_dict, load_config, setup_env, step_rng
 from .data import psnr_uint8
+from .vae import foreground_weight, weighted_mean
 from .world import LatentWorld, freeze
 
 __all__ = ["DecoderRecipeConfig", "distill_decoder", "small_vae_config"]
@@ -65,6 +66,8 @@ class DecoderRecipeConfig:
         gen_batch: prompts per generation batch.
         gen_minutes: stop generating after this many minutes (0: no limit).
         real_fraction: fraction of training latents taken from real images instead.
+        fg_weight: extra loss weight of foreground pixels of the original decoder's image
+            (:func:`snapfusion.train.vae.foreground_weight`; 0 = plain means).
         data: world data settings (prompts and real images).
         train: :class:`TrainConfig` fields.
     """
@@ -83,6 +86,7 @@ class DecoderRecipeConfig:
     gen_batch: int = 256
     gen_minutes: float = 0.0
     real_fraction: float = 0.0
+    fg_weight: float = 0.0
     data: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=lambda: {"lr": 1e-3, "batch_size": 64, "max_steps": 1000,
                                                            "warmup_steps": 50, "ema_decay": 0.999,
@@ -184,8 +188,9 @@ def distill_decoder(cfg: DecoderRecipeConfig, device: str = "cpu", progress: boo
 
         def forward(self, z: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
             x = self.m.decode(z).float()
-            l1 = (x - target).abs().mean()
-            l2 = (x - target).pow(2).mean()
+            w = foreground_weight(target, cfg.fg_weight)
+            l1 = weighted_mean((x - target).abs(), w)
+            l2 = weighted_mean((x - target).pow(2), w)
             return l1 + l2, {"l1": l1.detach()}
 
     trainer = Trainer("decoder", out, small, tcfg, env, forward_module=_Loss(small), progress=progress)

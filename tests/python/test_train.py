@@ -349,6 +349,55 @@ def test_distill_recipe_loss_falls(parts: dict[str, Any], tmp_path: Path) -> Non
     assert math.isfinite(res["final_loss"]) and res["final_loss"] < res["first_loss"], res
 
 
+def test_foreground_weight_marks_objects() -> None:
+    from snapfusion.data import draw_scenes, eval_prompts
+    from snapfusion.train.vae import foreground_weight, weighted_mean
+
+    _, scenes = eval_prompts(6, seed=3)
+    x = torch.from_numpy(draw_scenes(scenes, size=32)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    assert foreground_weight(x, 0.0) is None
+    w = foreground_weight(x, 4.0)
+    assert w is not None and w.shape == (6, 1, 32, 32)
+    assert float(w.min()) == 1.0 and float(w.max()) == 5.0
+    for i in range(6):  # the border (background) has weight 1, the objects' pixels weight 5
+        assert torch.all(w[i, 0, 0, :] == 1.0) and torch.all(w[i, 0, :, 0] == 1.0)
+        changed = (x[i] - x[i, :, :1, :1]).abs().amax(0) > 0.2
+        assert torch.all(w[i, 0][changed] == 5.0)
+    # the same error costs more on an object than on the background
+    err_bg = torch.zeros_like(x)
+    err_fg = torch.zeros_like(x)
+    err_bg[..., 0, 0] = 1.0
+    for i in range(6):
+        r, c = np.unravel_index(int(torch.argmax(w[i, 0])), (32, 32))
+        err_fg[i, :, r, c] = 1.0
+    assert float(weighted_mean(err_fg, w)) > 4.0 * float(weighted_mean(err_bg, w))
+    assert float(weighted_mean(err_fg, None)) == float(weighted_mean(err_bg, None))
+
+
+def test_vae_fine_tune_with_foreground_weight(parts: dict[str, Any], tmp_path: Path) -> None:
+    from snapfusion.nn import AutoencoderKL
+    from snapfusion.train.vae import VAERecipeConfig, train_vae
+
+    cfg = VAERecipeConfig(out=str(tmp_path / "ft"), init=parts["vae"], data=parts["data"], scale_images=32,
+                          loss={"l1": 1.0, "l2": 1.0, "edge": 0.5, "kl": 1e-6, "fg": 4.0},
+                          train=_train(batch_size=4, max_steps=20, lr=1e-3))
+    res = train_vae(cfg, progress=False)
+    assert math.isfinite(res["final_loss"]) and 0.0 < res["recon_psnr"] < 100.0
+    start = AutoencoderKL.from_pretrained(parts["vae"])
+    tuned = AutoencoderKL.from_pretrained(tmp_path / "ft" / "vae")
+    assert tuned.config["block_out_channels"] == start.config["block_out_channels"]
+    assert any(not torch.equal(a, b) for a, b in zip(start.state_dict().values(), tuned.state_dict().values()))
+    # it starts from the given weights: one step at a negligible rate leaves them in place
+    cfg.out, cfg.train = str(tmp_path / "still"), _train(batch_size=4, max_steps=1, lr=1e-9, ema_decay=0.0)
+    train_vae(cfg, progress=False)
+    still = AutoencoderKL.from_pretrained(tmp_path / "still" / "vae").state_dict()
+    for k, v in start.state_dict().items():
+        torch.testing.assert_close(still[k], v, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown VAE loss"):
+        train_vae(VAERecipeConfig(out=str(tmp_path / "bad"), init=parts["vae"], data=parts["data"],
+                                  loss={"l1": 1.0, "foreground": 2.0}), progress=False)
+
+
 def test_decoder_distillation(parts: dict[str, Any]) -> None:
     from snapfusion.nn import AutoencoderKL
     from snapfusion.train.decoder import DecoderRecipeConfig, distill_decoder
@@ -356,7 +405,7 @@ def test_decoder_distillation(parts: dict[str, Any]) -> None:
     res = distill_decoder(DecoderRecipeConfig(
         tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], teacher=parts["teacher"],
         out=str(parts["root"] / "decoder"), n_latents=8, gen_steps=2, gen_batch=8, data=parts["data"],
-        decoder_groups=4, train=_train(batch_size=4, max_steps=30, lr=3e-3)), progress=False)
+        decoder_groups=4, fg_weight=2.0, train=_train(batch_size=4, max_steps=30, lr=3e-3)), progress=False)
     _falls(res, 0.8)
     small = AutoencoderKL.from_pretrained(parts["root"] / "decoder" / "vae")
     assert small.config["decoder_block_out_channels"] == [8, 8]
