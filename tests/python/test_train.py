@@ -565,6 +565,32 @@ def test_pipeline_sampling_matches_torch_sampler(parts: dict[str, Any], tmp_path
     np.testing.assert_allclose(out, ref.numpy(), atol=2e-3, rtol=0)
 
 
+def test_one_shot_profiles() -> None:
+    """Every profile of scripts/train_default.py names what its stages read, with valid recipe
+    settings; ``auto`` picks by device and budget."""
+    import importlib.util
+
+    from snapfusion.train.vae import VAERecipeConfig
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_default.py"
+    spec = importlib.util.spec_from_file_location("train_default_script", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.choose_profile("cuda", 8) == "cuda" and mod.choose_profile("cpu", 3) == "cpu"
+    assert mod.choose_profile("cpu", 120) == "cpu-long" and mod.choose_profile("cpu", 1440) == "cpu-day"
+    for name, prof in mod.PROFILES.items():
+        shares = prof.get("shares", mod.SHARES)
+        assert set(shares) == set(mod.SHARES), name
+        assert abs(sum(shares.values()) - 1.0) < 1e-6, name
+        for stage in ("clip", "vae", "teacher", "robust", "evolve", "distill", "decoder"):
+            load_config(TrainConfig, {**prof[stage], "max_steps": 1})
+        loss = VAERecipeConfig().loss
+        loss.update(prof.get("vae_loss", {}))
+        assert set(loss) == {"l1", "l2", "edge", "kl", "fg"}, name
+        assert prof["pool_min"] <= prof["pool_max"], name
+
+
 def test_recipe_command_line(parts: dict[str, Any], tmp_path: Path) -> None:
     import subprocess
     import sys
