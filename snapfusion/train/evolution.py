@@ -28,7 +28,9 @@ The loop stops within budget when no add-back helps, after ``max_actions`` actio
 the stage's time budget; if the time runs out while still over budget, the remaining
 blocks are removed by the last computed values per latency (blocks never evaluated by
 their cost, largest first) without further evaluation -- so the output always meets the
-budget. Output: ``out/unet`` (a UNet config with ``elastic_blocks`` and only the kept
+budget. Running a finished evolution again with a lower ``budget`` (and ``max_minutes``
+raised) resumes it and goes on removing blocks from its network: the table's estimate can
+miss the engine's measured ratio, which ``evolution.json`` reports. Output: ``out/unet`` (a UNet config with ``elastic_blocks`` and only the kept
 weights), ``out/evolution.json`` (actions, estimated and, when the engine is available,
 measured latency) and ``out/latency_table.json``.
 """
@@ -392,6 +394,9 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
                              state["removed"], state["history"], param_costs=param_costs,
                              param_limit=cfg.max_params if cfg.max_params > 0 else None,
                              param_total=param_total)
+    if state["done"] and not search.within_budget():
+        # a finished search resumed with a tighter budget continues from its network
+        state["done"] = False
     log = JsonlLogger(out / "actions.jsonl" if env.is_main else None)
 
     def ft_step(step: int) -> tuple[torch.Tensor, dict[str, Any]]:

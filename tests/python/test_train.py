@@ -298,6 +298,15 @@ def test_evolve_recipe_meets_budget(parts: dict[str, Any], tmp_path: Path) -> No
     assert pruned.config["elastic_blocks"] is not None
     assert sorted(set(names) - set(block_names(pruned.config))) == sorted(res["removed"])
     assert res["params_pruned"] < res["params_full"]
+    # the same run again with a tighter budget continues from its network
+    again = evolve(EvolveRecipeConfig(
+        tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], clip=parts["clip"],
+        init=parts["teacher"], out=str(tmp_path / "evolve"), budget=0.4, latency_table=str(tpath),
+        eval_prompts=2, eval_steps=1, ref_images=8, finetune_steps=1, max_actions=20, data=parts["data"],
+        train=_train(batch_size=2, max_steps=0, max_minutes=10.0, lr=1e-4, ema_decay=0.0)), progress=False)
+    assert again["table_ratio"] <= 0.4 + 1e-9 < res["table_ratio"]
+    assert set(res["removed"]) < set(again["removed"])
+    assert again["actions"] > res["actions"]
 
 
 # ----------------------------------------------------------------------------- distillation
