@@ -10,7 +10,7 @@ small decoder) gets a new student in two recipes, each resumable (re-run the sam
    of the teacher's table latency; 8 candidates per action, 48 evaluation prompts, 40
    fine-tuning steps of batch 64 between actions), then, when ``--tighten`` is given, the same
    evolution resumed with that lower budget (the table's estimate can miss the engine's
-   measured ratio; ``OUT/evolve/evolution.json`` has both);
+   measured ratio; ``OUT/evolve/evolution.json`` has both); ``--keep`` protects blocks;
 2. step distillation of the evolved UNet from the teacher (``--distill-minutes``, batch 64,
    lr 1e-4 with cosine decay to 1e-5, EMA 0.999);
 
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tighten", type=float, default=0.42, help="then resume the evolution with this budget (0: no)")
     p.add_argument("--evolve-minutes", type=float, default=35.0)
     p.add_argument("--distill-minutes", type=float, default=45.0)
+    p.add_argument("--keep", default="", help="comma-separated blocks evolution never removes, e.g. "
+                   "down_blocks.0.attentions.0,up_blocks.3.attentions.2")
     p.add_argument("--guidance", type=float, default=4.0, help="recommended guidance scale of the export")
     p.add_argument("--pool-size", type=int, default=32768)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         ecfg = EvolveRecipeConfig(**parts, clip=str(run / "clip"), init=str(run / "teacher" / "unet"),
                                   out=str(out / "evolve"), budget=budget, max_params=0, eval_prompts=48,
                                   eval_steps=8, eval_seed=3, ref_images=512, max_candidates=8, finetune_steps=40,
+                                  keep=[b for b in args.keep.split(",") if b],
                                   data=data, train={"batch_size": 64, "lr": 5e-5, "warmup_steps": 5, "max_steps": 0,
                                                     "max_minutes": minutes, "ckpt_minutes": 5, "log_every": 10,
                                                     "seed": 0, "ema_decay": 0.0, "min_lr_ratio": 1.0})

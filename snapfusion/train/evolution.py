@@ -81,6 +81,8 @@ class EvolveRecipeConfig:
         fid_weight: weight of world-FID in the score.
         allow_add_back: re-add blocks when within budget.
         max_actions: action limit.
+        keep: blocks the search never removes (e.g. the cross-attention blocks at the highest
+            resolution), by name as in ``elastic_blocks``.
         max_candidates: evaluate at most this many candidates per action (0: all), the
             cheapest-to-evaluate choice being the most expensive blocks first.
         finetune_steps: training steps after each action.
@@ -112,6 +114,7 @@ class EvolveRecipeConfig:
     allow_add_back: bool = True
     max_actions: int = 64
     max_candidates: int = 0
+    keep: list[str] = field(default_factory=list)
     finetune_steps: int = 50
     drop: dict[str, Any] = field(default_factory=lambda: {"resnet_p": 0.05, "attention_p": 0.05})
     kd_weight: float = 1.0
@@ -387,6 +390,10 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
         return m["clip_score"] - cfg.fid_weight * m["fid"]
 
     names = block_names(full_config)
+    unknown = sorted(set(cfg.keep) - set(names))
+    if unknown:
+        raise ValueError(f"keep names blocks the UNet does not have: {unknown[:5]}")
+    names = [b for b in names if b not in set(cfg.keep)]
     param_costs = {b: sum(p.numel() for n, p in unet.named_parameters() if n.startswith(b + "."))
                    for b in names}
     param_total = sum(p.numel() for p in unet.parameters())

@@ -307,6 +307,18 @@ def test_evolve_recipe_meets_budget(parts: dict[str, Any], tmp_path: Path) -> No
     assert again["table_ratio"] <= 0.4 + 1e-9 < res["table_ratio"]
     assert set(res["removed"]) < set(again["removed"])
     assert again["actions"] > res["actions"]
+    # blocks named in keep are never removed
+    kept = sorted(again["removed"])[:2]
+    cfg_keep = EvolveRecipeConfig(
+        tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], clip=parts["clip"],
+        init=parts["teacher"], out=str(tmp_path / "evolve_keep"), budget=0.4, latency_table=str(tpath),
+        eval_prompts=2, eval_steps=1, ref_images=8, finetune_steps=0, max_actions=20, data=parts["data"],
+        keep=kept, train=_train(batch_size=2, max_steps=0, max_minutes=5.0, lr=1e-4, ema_decay=0.0))
+    res_keep = evolve(cfg_keep, progress=False)
+    assert res_keep["table_ratio"] <= 0.4 + 1e-9 and not set(kept) & set(res_keep["removed"])
+    cfg_keep.keep, cfg_keep.out = ["down_blocks.9.attentions.0"], str(tmp_path / "evolve_bad")
+    with pytest.raises(ValueError, match="keep names blocks"):
+        evolve(cfg_keep, progress=False)
 
 
 # ----------------------------------------------------------------------------- distillation
