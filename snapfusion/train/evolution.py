@@ -30,8 +30,8 @@ blocks are removed by the last computed values per latency (blocks never evaluat
 their cost, largest first) without further evaluation -- so the output always meets the
 budget. Running a finished evolution again with a lower ``budget`` (and ``max_minutes``
 raised) resumes it and goes on removing blocks from its network: the table's estimate can
-miss the engine's measured ratio, which ``evolution.json`` reports. Output: ``out/unet`` (a UNet config with ``elastic_blocks`` and only the kept
-weights), ``out/evolution.json`` (actions, estimated and, when the engine is available,
+miss the engine's measured ratio, which ``evolution.json`` reports. Output: ``out/unet`` (a
+UNet config with ``elastic_blocks`` and only the kept weights), ``out/evolution.json`` (actions, estimated and, when the engine is available,
 measured latency) and ``out/latency_table.json``.
 """
 
@@ -344,14 +344,18 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
     t_start = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if world is None:
-        world = LatentWorld(cfg.tokenizer, cfg.text_encoder, cfg.vae, env, cfg.data, seed=tcfg.seed + 505,
-                            bf16=tcfg.bf16, progress=progress)
     unet = UNet2DConditionModel.from_pretrained(cfg.init).to(env.device)
     unet.check_inputs = False
     full_config = {k: v for k, v in unet.config.items()}
     if full_config.get("elastic_blocks") is not None:
         raise ValueError("evolution starts from a full (not already pruned) UNet")
+    keep = set(cfg.keep)
+    unknown = sorted(keep - set(block_names(full_config)))
+    if unknown:
+        raise ValueError(f"keep names blocks the UNet does not have: {unknown[:5]}")
+    if world is None:  # after the checks: encoding the pool takes minutes
+        world = LatentWorld(cfg.tokenizer, cfg.text_encoder, cfg.vae, env, cfg.data, seed=tcfg.seed + 505,
+                            bf16=tcfg.bf16, progress=progress)
     text_len = world.tokenizer.model_max_length
     table_path = out / "latency_table.json"
     if cfg.latency_table is None and table_path.is_file():
@@ -389,11 +393,7 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
         n_evals[0] += 1
         return m["clip_score"] - cfg.fid_weight * m["fid"]
 
-    names = block_names(full_config)
-    unknown = sorted(set(cfg.keep) - set(names))
-    if unknown:
-        raise ValueError(f"keep names blocks the UNet does not have: {unknown[:5]}")
-    names = [b for b in names if b not in set(cfg.keep)]
+    names = [b for b in block_names(full_config) if b not in keep]
     param_costs = {b: sum(p.numel() for n, p in unet.named_parameters() if n.startswith(b + "."))
                    for b in names}
     param_total = sum(p.numel() for p in unet.parameters())

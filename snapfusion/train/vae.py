@@ -35,6 +35,10 @@ __all__ = ["VAERecipeConfig", "default_vae_config", "foreground_weight", "train_
            "measure_scaling_factor"]
 
 
+#: Weights a VAE loss config may set (:func:`vae_loss`).
+LOSS_KEYS = frozenset({"l1", "l2", "edge", "kl", "fg"})
+
+
 def default_vae_config() -> dict[str, Any]:
     """Default VAE: (32, 64, 64) channels, 3 levels (f = 4), 4 latent channels."""
     return {
@@ -184,14 +188,14 @@ def train_vae(cfg: VAERecipeConfig, device: str = "cpu", progress: bool = True) 
 
     env = setup_env(device)
     tcfg = load_config(TrainConfig, cfg.train)
+    unknown = set(cfg.loss) - LOSS_KEYS
+    if unknown:
+        raise ValueError(f"unknown VAE loss weights: {sorted(unknown)}")
     tok: Any = _NullTokenizer()
     if cfg.tokenizer:
         from snapfusion.tokenizer import CLIPTokenizer
 
         tok = CLIPTokenizer.from_pretrained(cfg.tokenizer)
-    unknown = set(cfg.loss) - {"l1", "l2", "edge", "kl", "fg"}
-    if unknown:
-        raise ValueError(f"unknown VAE loss weights: {sorted(unknown)}")
     torch.manual_seed(tcfg.seed)
     vae = (AutoencoderKL.from_pretrained(cfg.init) if cfg.init else AutoencoderKL(cfg.vae)).to(env.device)
     data = make_world_data(tok, cfg.data, tcfg.seed + 202, env.rank, env.device, progress and env.is_main,
