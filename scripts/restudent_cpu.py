@@ -8,9 +8,9 @@ small decoder) gets a new student in two recipes, each resumable (re-run the sam
 
 1. architecture evolution from the teacher (``--evolve-minutes``, latency budget ``--budget``
    of the teacher's table latency; 8 candidates per action, 48 evaluation prompts, 40
-   fine-tuning steps of batch 64 between actions), then, when ``--tighten`` is given, the same
-   evolution resumed with that lower budget (the table's estimate can miss the engine's
-   measured ratio; ``OUT/evolve/evolution.json`` has both); ``--keep`` protects blocks;
+   fine-tuning steps of batch 64 between actions; the budget is checked against the engine's
+   measured ratio, ``engine_budget``), then, when ``--tighten`` is given, the same evolution
+   resumed with that lower budget; ``--keep`` protects blocks;
 2. step distillation of the evolved UNet from the teacher (``--distill-minutes``, batch 64,
    lr 1e-4 with cosine decay to 1e-5, EMA 0.999);
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="finished scripts/train_default.py run folder")
     p.add_argument("--out", required=True, help="output folder (re-run the same command to resume)")
     p.add_argument("--budget", type=float, default=0.5, help="evolution latency budget (fraction)")
-    p.add_argument("--tighten", type=float, default=0.42, help="then resume the evolution with this budget (0: no)")
+    p.add_argument("--tighten", type=float, default=0.0, help="then resume the evolution with this budget (0: no)")
     p.add_argument("--evolve-minutes", type=float, default=35.0)
     p.add_argument("--distill-minutes", type=float, default=45.0)
     p.add_argument("--keep", default="", help="comma-separated blocks evolution never removes, e.g. "

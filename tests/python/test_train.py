@@ -278,6 +278,53 @@ def test_evolution_add_back_params_and_deadline() -> None:
         EvolutionSearch(["zz"], _table(costs, 10.0), 0.5, lambda r: 0.0)
 
 
+def test_evolution_search_measured_budget() -> None:
+    from snapfusion.train.evolution import EvolutionSearch
+    from snapfusion.train.latency import estimate_latency
+
+    costs = {f"b{i}": c for i, c in enumerate([5.0, 4.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0])}
+    table = _table(costs, 25.0)
+    importance = {f"b{i}": v for i, v in enumerate([9.0, 0.5, 0.24, 5.0, 0.2, 4.0, 0.2, 0.45])}
+    measured = []
+
+    def measure(removed: list[str]) -> float:
+        # the "real" network is slower than the table says by 3 ms whatever is removed
+        measured.append(sorted(removed))
+        return (estimate_latency(table, removed) + 3.0) / 25.0
+
+    score = lambda r: -sum(importance[b] for b in r)  # noqa: E731
+    plain = EvolutionSearch(list(costs), table, 0.5, score)
+    while plain.step() is not None:
+        pass
+    search = EvolutionSearch(list(costs), table, 0.5, score, measure=measure)
+    while search.step() is not None:
+        pass
+    # the table alone stops at 12 ms (measured: 15 ms = 0.6); measured, it goes on to <= 12.5
+    assert measure(plain.removed) > 0.5
+    last = search.measurements[-1]
+    assert sorted(last["removed"]) == sorted(search.removed) and last["ratio"] <= 0.5 + 1e-9
+    # b4 removed -> 12 ms in the table, measured 15: b0 goes too (least harm per ms left),
+    # then b4 fits back into the slack
+    assert plain.removed == ["b2", "b6", "b1", "b7", "b4"]
+    assert search.removed == ["b2", "b6", "b1", "b7", "b0"]
+    assert [h["kind"] for h in search.history] == ["remove"] * 6 + ["add"]
+    assert search.offset == pytest.approx(3.0)
+    assert search.latency() == pytest.approx(estimate_latency(table, search.removed) + 3.0)
+    assert all(r["table_ratio"] == pytest.approx(r["ratio"] - 3.0 / 25.0) for r in search.measurements)
+    # every network measured once (no repeats of the same set)
+    assert len({tuple(m) for m in measured[:-1]}) == len(measured) - 1
+    # resumed with its measurements, it does not measure again and is done
+    n = len(measured)
+    again = EvolutionSearch(list(costs), table, 0.5, score, removed=search.removed, history=search.history,
+                            measure=measure, measurements=search.measurements)
+    assert again.within_budget() and len(measured) == n
+    # a measure that cannot measure (None) leaves the table in charge
+    none = EvolutionSearch(list(costs), table, 0.5, score, measure=lambda r: None)
+    while none.step() is not None:
+        pass
+    assert none.removed == plain.removed and not none.measurements
+
+
 def test_evolve_recipe_meets_budget(parts: dict[str, Any], tmp_path: Path) -> None:
     from snapfusion.nn import UNet2DConditionModel, block_names
     from snapfusion.train.evolution import EvolveRecipeConfig, evolve
@@ -319,6 +366,52 @@ def test_evolve_recipe_meets_budget(parts: dict[str, Any], tmp_path: Path) -> No
     cfg_keep.keep, cfg_keep.out = ["down_blocks.9.attentions.0"], str(tmp_path / "evolve_bad")
     with pytest.raises(ValueError, match="keep names blocks"):
         evolve(cfg_keep, progress=False)
+
+
+def test_evolve_recipe_engine_budget(parts: dict[str, Any], tmp_path: Path, monkeypatch: Any) -> None:
+    from snapfusion.nn import block_names
+    from snapfusion.train import evolution
+    from snapfusion.train.evolution import EvolveRecipeConfig, evolve
+    from snapfusion.train.latency import estimate_latency
+
+    cfg = json.loads((Path(parts["teacher"]) / "config.json").read_text())
+    names = block_names(cfg)
+    table = _table({b: 1.0 + (i % 3) for i, b in enumerate(names)}, 1.0 + sum(1.0 + (i % 3) for i in range(len(names))))
+    tpath = tmp_path / "table.json"
+    tpath.write_text(json.dumps(table))
+    timed = []
+
+    def fake_engine(full_dir: Any, pruned_dir: Any, text_len: int, threads: int) -> dict[str, Any]:
+        # an "engine" 0.1 of the full latency slower than the table, whatever is removed
+        pruned = json.loads((Path(pruned_dir) / "config.json").read_text())
+        removed = sorted(set(names) - set(block_names(pruned)))
+        timed.append(removed)
+        ratio = estimate_latency(table, removed) / table["full"] + 0.1
+        return {"engine_latency": {"full_ms": 10.0, "pruned_ms": 10.0 * ratio, "ratio": ratio, "threads": 1, "batch": 2}}
+
+    monkeypatch.setattr(evolution, "_engine_latency", fake_engine)
+    res = evolve(EvolveRecipeConfig(
+        tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], clip=parts["clip"],
+        init=parts["teacher"], out=str(tmp_path / "evolve"), budget=0.6, latency_table=str(tpath),
+        engine_budget=True, eval_prompts=2, eval_steps=1, ref_images=8, finetune_steps=1, max_actions=30,
+        data=parts["data"], train=_train(batch_size=2, max_steps=0, max_minutes=5.0, lr=1e-4, ema_decay=0.0)),
+        progress=False)
+    assert res["engine_budget"] and res["measurements"]
+    assert res["measurements"][-1]["ratio"] <= 0.6 + 1e-9
+    assert sorted(res["measurements"][-1]["removed"]) == sorted(res["removed"])
+    assert res["table_ratio"] <= 0.5 + 1e-9  # the table had to go 0.1 lower
+    assert res["engine_latency"]["ratio"] == pytest.approx(res["measurements"][-1]["ratio"])
+    assert res["estimate_ratio"] == pytest.approx(res["table_ratio"] + 0.1)
+    # a given table without engine_budget is not checked on the engine
+    n = len(timed)
+    plain = evolve(EvolveRecipeConfig(
+        tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], clip=parts["clip"],
+        init=parts["teacher"], out=str(tmp_path / "evolve_plain"), budget=0.6, latency_table=str(tpath),
+        eval_prompts=2, eval_steps=1, ref_images=8, finetune_steps=0, max_actions=30,
+        data=parts["data"], train=_train(batch_size=2, max_steps=0, max_minutes=5.0, lr=1e-4, ema_decay=0.0)),
+        progress=False)
+    assert not plain["engine_budget"] and not plain["measurements"] and len(timed) == n + 1  # final check only
+    assert plain["table_ratio"] > res["table_ratio"]
 
 
 # ----------------------------------------------------------------------------- distillation
