@@ -68,6 +68,12 @@ class DecoderRecipeConfig:
         real_fraction: fraction of training latents taken from real images instead.
         fg_weight: extra loss weight of foreground pixels of the original decoder's image
             (:func:`snapfusion.train.vae.foreground_weight`; 0 = plain means).
+        init: a small VAE folder (an earlier run of this recipe) whose decoder to start from;
+            its decoder channels must be the ones configured here.
+        cache_mb: the original decoder's images of the generated latents are computed once
+            and kept (float16) when they fit in this many MB, instead of decoding every batch
+            again (on a CPU the original decoder's forward pass costs more than the small
+            decoder's training step); 0: never.
         data: world data settings (prompts and real images).
         train: :class:`TrainConfig` fields.
     """
@@ -87,6 +93,8 @@ class DecoderRecipeConfig:
     gen_minutes: float = 0.0
     real_fraction: float = 0.0
     fg_weight: float = 0.0
+    init: str | None = None
+    cache_mb: float = 1024.0
     data: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=lambda: {"lr": 1e-3, "batch_size": 64, "max_steps": 1000,
                                                            "warmup_steps": 50, "ema_decay": 0.999,
@@ -173,7 +181,18 @@ def distill_decoder(cfg: DecoderRecipeConfig, device: str = "cpu", progress: boo
     torch.manual_seed(tcfg.seed)
     small = AutoencoderKL(small_cfg)
     keep = {k: v for k, v in big.state_dict().items() if not k.startswith("decoder.")}
-    small.load_state_dict({**small.state_dict(), **keep})
+    start = {}
+    if cfg.init:
+        prev = AutoencoderKL.from_pretrained(cfg.init)
+        want = small_cfg["decoder_block_out_channels"], small_cfg["decoder_norm_num_groups"]
+        have = prev.config.get("decoder_block_out_channels"), prev.config.get("decoder_norm_num_groups")
+        if list(have[0] or []) != list(want[0]) or have[1] != want[1]:
+            raise ValueError(f"init {cfg.init} has decoder channels {have[0]} / {have[1]} groups, "
+                             f"this recipe {list(want[0])} / {want[1]}")
+        start = {k: v for k, v in prev.state_dict().items()
+                 if k.startswith("decoder.") or k.startswith("post_quant_conv.")}
+        del prev
+    small.load_state_dict({**small.state_dict(), **keep, **start})
     small = small.to(env.device)
     for p in small.encoder.parameters():
         p.requires_grad_(False)
@@ -195,21 +214,30 @@ def distill_decoder(cfg: DecoderRecipeConfig, device: str = "cpu", progress: boo
 
     trainer = Trainer("decoder", out, small, tcfg, env, forward_module=_Loss(small), progress=progress)
     sf = world.scaling_factor
+    targets = _target_cache(world, big, latents, cfg.cache_mb, progress and env.is_main)
 
     def step_fn(step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         rng = step_rng(tcfg.seed, env.rank, step, 12)
         n = tcfg.batch_size
         n_real = int(round(cfg.real_fraction * n))
         zs = []
+        cached = None
         if n - n_real > 0:
             idx = torch.from_numpy(rng.integers(0, len(latents), size=n - n_real)).to(env.device)
             zs.append(latents[idx])
+            if targets is not None:
+                cached = targets[idx].float()
         if n_real > 0:
             z_real, _ = world.batch(step, n_real, stream=13)
             zs.append(z_real)
         z = torch.cat(zs) / sf
         with torch.no_grad(), world.autocast():
-            target = big.decode(z).float()
+            if cached is None:
+                target = big.decode(z).float()
+            elif n_real > 0:
+                target = torch.cat([cached, big.decode(z[len(cached):]).float()])
+            else:
+                target = cached
         with world.autocast():
             return trainer.ddp_model(z, target)
 
@@ -227,6 +255,32 @@ def distill_decoder(cfg: DecoderRecipeConfig, device: str = "cpu", progress: boo
         (out / "recipe_config.json").write_text(json.dumps(config_dict(cfg), indent=2) + "\n")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+@torch.no_grad()
+def _target_cache(world: LatentWorld, big: torch.nn.Module, latents: torch.Tensor, cache_mb: float,
+                  progress: bool) -> torch.Tensor | None:
+    """The original decoder's images of ``latents`` (float16), or None when they would take
+    more than ``cache_mb`` MB."""
+    size = world.data.size
+    need_mb = len(latents) * 3 * size * size * 2 / 2 ** 20
+    if cache_mb <= 0 or need_mb > cache_mb:
+        return None
+    bs = 256 if world.env.cuda else 64
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(latents), desc="decoder targets", dynamic_ncols=True, mininterval=1.0)
+    chunks = []
+    for i in range(0, len(latents), bs):
+        with world.autocast():
+            chunks.append(big.decode(latents[i:i + bs] / world.scaling_factor).half())
+        if bar is not None:
+            bar.update(len(chunks[-1]))
+    if bar is not None:
+        bar.close()
+    return torch.cat(chunks)
 
 
 @torch.no_grad()

@@ -532,6 +532,38 @@ def test_decoder_distillation(parts: dict[str, Any]) -> None:
             assert torch.equal(v, small.state_dict()[k])
 
 
+def test_decoder_init_and_target_cache(parts: dict[str, Any]) -> None:
+    from snapfusion.nn import AutoencoderKL
+    from snapfusion.train.decoder import DecoderRecipeConfig, _target_cache, distill_decoder
+
+    first = parts["root"] / "decoder_a"
+    kw = dict(tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], teacher=parts["teacher"],
+              n_latents=8, gen_steps=2, gen_batch=8, data=parts["data"], decoder_groups=4)
+    distill_decoder(DecoderRecipeConfig(out=str(first), **kw,
+                                        train=_train(batch_size=4, max_steps=5, lr=3e-3)), progress=False)
+    # lr 0 from init: the saved decoder is the init's
+    distill_decoder(DecoderRecipeConfig(out=str(parts["root"] / "decoder_b"), init=str(first / "vae"), **kw,
+                                        train=_train(batch_size=4, max_steps=2, lr=0.0, ema_decay=0.0)),
+                    progress=False)
+    a = AutoencoderKL.from_pretrained(first / "vae").state_dict()
+    b = AutoencoderKL.from_pretrained(parts["root"] / "decoder_b" / "vae").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="decoder channels"):  # other channels than the init's
+        distill_decoder(DecoderRecipeConfig(out=str(parts["root"] / "decoder_c"), init=str(first / "vae"),
+                                            **{**kw, "decoder_groups": 2},
+                                            train=_train(batch_size=4, max_steps=1)), progress=False)
+    # the cache holds the original decoder's images (float16), or nothing when over its limit
+    world = _latent_world(parts)
+    lat = torch.load(first / "latents.pt", weights_only=True)
+    cache = _target_cache(world, world.vae, lat, 64.0, False)
+    with torch.no_grad():
+        ref = world.vae.decode(lat / world.scaling_factor).float()
+    assert cache is not None and cache.dtype == torch.float16 and cache.shape == ref.shape
+    assert torch.allclose(cache.float(), ref, atol=4e-3)
+    assert _target_cache(world, world.vae, lat, 1e-6, False) is None
+    assert _target_cache(world, world.vae, lat, 0.0, False) is None
+
+
 def test_small_decoder_channels_and_psnr() -> None:
     from snapfusion.train.data import psnr_uint8
     from snapfusion.train.decoder import small_vae_config
