@@ -163,6 +163,19 @@ def distill_decoder(cfg: DecoderRecipeConfig, device: str = "cpu", progress: boo
     if world is None:
         world = LatentWorld(cfg.tokenizer, cfg.text_encoder, cfg.vae, env, cfg.data, seed=tcfg.seed + 707,
                             bf16=tcfg.bf16, progress=progress)
+    big = world.vae
+    small_cfg = small_vae_config(dict(big.config), cfg.decoder_factor, cfg.decoder_groups,
+                                 cfg.decoder_channels)
+    start = {}
+    if cfg.init:  # checked before the teacher latents are generated (minutes)
+        prev = AutoencoderKL.from_pretrained(cfg.init)
+        want = small_cfg["decoder_block_out_channels"], small_cfg["decoder_norm_num_groups"]
+        have = prev.config.get("decoder_block_out_channels"), prev.config.get("decoder_norm_num_groups")
+        if list(have[0] or []) != list(want[0]) or have[1] != want[1]:
+            raise ValueError(f"init {cfg.init} has decoder channels {have[0]} / {have[1]} groups, "
+                             f"this recipe {list(want[0])} / {want[1]}")
+        start = {k: v for k, v in prev.state_dict().items() if k.startswith(("decoder.", "post_quant_conv."))}
+        del prev
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     lat_path = out / "latents.pt"
@@ -175,23 +188,9 @@ def distill_decoder(cfg: DecoderRecipeConfig, device: str = "cpu", progress: boo
         del unet
         if env.is_main:
             torch.save(latents.cpu(), lat_path)
-    big = world.vae
-    small_cfg = small_vae_config(dict(big.config), cfg.decoder_factor, cfg.decoder_groups,
-                                 cfg.decoder_channels)
     torch.manual_seed(tcfg.seed)
     small = AutoencoderKL(small_cfg)
     keep = {k: v for k, v in big.state_dict().items() if not k.startswith("decoder.")}
-    start = {}
-    if cfg.init:
-        prev = AutoencoderKL.from_pretrained(cfg.init)
-        want = small_cfg["decoder_block_out_channels"], small_cfg["decoder_norm_num_groups"]
-        have = prev.config.get("decoder_block_out_channels"), prev.config.get("decoder_norm_num_groups")
-        if list(have[0] or []) != list(want[0]) or have[1] != want[1]:
-            raise ValueError(f"init {cfg.init} has decoder channels {have[0]} / {have[1]} groups, "
-                             f"this recipe {list(want[0])} / {want[1]}")
-        start = {k: v for k, v in prev.state_dict().items()
-                 if k.startswith("decoder.") or k.startswith("post_quant_conv.")}
-        del prev
     small.load_state_dict({**small.state_dict(), **keep, **start})
     small = small.to(env.device)
     for p in small.encoder.parameters():

@@ -56,7 +56,7 @@ from typing import Any
 import torch
 
 from .common import JsonlLogger, TrainConfig, Trainer, config_dict, load_config, setup_env
-from .latency import estimate_latency, get_table
+from .latency import engine_available, estimate_latency, get_table
 from .robust import DropConfig, drop_generator
 from .world import DiffusionLossConfig, LatentWorld, diffusion_loss, freeze
 
@@ -443,7 +443,7 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
     param_total = sum(p.numel() for p in unet.parameters())
     engine_budget = cfg.engine_budget
     if engine_budget is None:
-        engine_budget = table.get("method") == "engine-regression" and _engine_available()
+        engine_budget = table.get("method") == "engine-regression" and engine_available()
 
     def measure(removed: Sequence[str]) -> float | None:
         ratio = None
@@ -467,6 +467,10 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
         # a finished search resumed with a tighter budget continues from its network
         state["done"] = False
     log = JsonlLogger(out / "actions.jsonl" if env.is_main else None)
+
+    def sync_state(done: bool = False) -> None:  # what the checkpoint keeps of the search
+        state.update(removed=list(search.removed), history=list(search.history),
+                     measurements=list(search.measurements), done=done)
 
     def ft_step(step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         z0, ids = world.batch(step, tcfg.batch_size)
@@ -497,8 +501,7 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
                     rec["finetune_loss"] = ft["loss"]
             _ratios(rec, search, table, trainer.step)
             log.log(rec)
-            state["removed"], state["history"] = list(search.removed), list(search.history)
-            state["measurements"] = list(search.measurements)
+            sync_state()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(ratio=f"{rec['ratio']:.3f}", last=f"{rec['kind']} {rec['block']}")
@@ -507,8 +510,7 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
         for rec in search.finish_within_budget():
             _ratios(rec, search, table, trainer.step)
             log.log(rec)
-        state["removed"], state["history"], state["done"] = list(search.removed), list(search.history), True
-        state["measurements"] = list(search.measurements)
+        sync_state(done=True)
         if env.is_main:
             trainer.save()
     finally:
@@ -516,6 +518,7 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
             bar.close()
     unet.set_block_drop()
     pruned = prune_unet(unet, search.removed)
+    table_estimate = estimate_latency(table, search.removed)
     summary: dict[str, Any] = {
         "removed": list(search.removed),
         "actions": len(search.history),
@@ -524,8 +527,8 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
         "table_method": table.get("method"),
         "table_unit": table.get("unit"),
         "table_full": float(table["full"]),
-        "table_estimate": estimate_latency(table, search.removed),
-        "table_ratio": estimate_latency(table, search.removed) / float(table["full"]),
+        "table_estimate": table_estimate,
+        "table_ratio": table_estimate / float(table["full"]),
         "engine_budget": bool(search.measurements),
         "estimate_ratio": search.latency() / float(table["full"]),
         "measurements": search.measurements,
@@ -557,14 +560,6 @@ def _ratios(rec: dict[str, Any], search: EvolutionSearch, table: dict[str, Any],
     rec["step"] = step
     rec["table_ratio"] = estimate_latency(table, search.removed) / float(table["full"])
     rec["ratio"] = search.latency() / float(table["full"])
-
-
-def _engine_available() -> bool:
-    try:
-        from snapfusion import _engine  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _engine_latency(full_dir: str | Path, pruned_dir: str | Path, text_len: int, threads: int) -> dict[str, Any]:

@@ -276,6 +276,15 @@ def default_table(config: dict[str, Any], text_len: int = 32, batch: int = 2) ->
     return table if table.get("key") == config_key(full_cfg, text_len, batch) else None
 
 
+def engine_available() -> bool:
+    """Whether the C engine extension is built (latency can be measured)."""
+    try:
+        from snapfusion import _engine  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def get_table(config: dict[str, Any], text_len: int = 32, batch: int = 2, path: str | None = None,
               measure: bool = False, threads: int = 1, progress: bool = True) -> dict[str, Any]:
     """A latency table for ``config``: from ``path``; else measured (``measure`` and the engine
@@ -283,11 +292,7 @@ def get_table(config: dict[str, Any], text_len: int = 32, batch: int = 2, path: 
     there; else FLOP counts."""
     if path:
         return load_table(path)
-    engine = True
-    try:
-        from snapfusion import _engine  # noqa: F401
-    except ImportError:
-        engine = False
+    engine = engine_available()
     if measure and engine:
         return measure_latency_table(config, text_len, batch, threads=threads, progress=progress)
     shipped = default_table(config, text_len, batch)
