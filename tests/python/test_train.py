@@ -552,6 +552,12 @@ def test_decoder_init_and_target_cache(parts: dict[str, Any]) -> None:
         distill_decoder(DecoderRecipeConfig(out=str(parts["root"] / "decoder_c"), init=str(first / "vae"),
                                             **{**kw, "decoder_groups": 2},
                                             train=_train(batch_size=4, max_steps=1)), progress=False)
+    with pytest.raises(FileNotFoundError):  # no such init folder
+        distill_decoder(DecoderRecipeConfig(out=str(parts["root"] / "decoder_d"), init=str(parts["root"] / "nope"),
+                                            **kw, train=_train(batch_size=4, max_steps=1)), progress=False)
+    # both fail before any teacher latents are generated
+    assert not (parts["root"] / "decoder_c" / "latents.pt").exists()
+    assert not (parts["root"] / "decoder_d" / "latents.pt").exists()
     # the cache holds the original decoder's images (float16), or nothing when over its limit
     world = _latent_world(parts)
     lat = torch.load(first / "latents.pt", weights_only=True)
