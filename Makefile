@@ -102,8 +102,10 @@ test-py: build
 BUDGET ?= 120
 DEVICE ?= cpu
 MORE ?= 0
+TEACHER_MORE ?= 0
+REDISTILL ?= 0
 train-default: build
-	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/train_default.py --out build/train-default --device $(DEVICE) --budget-minutes $(BUDGET) --distill-more $(MORE) --ship
+	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/train_default.py --out build/train-default --device $(DEVICE) --budget-minutes $(BUDGET) --distill-more $(MORE) --teacher-more $(TEACHER_MORE) --redistill $(REDISTILL) --ship
 
 bench: build
 	$(PY) benchmarks/bench_ops.py

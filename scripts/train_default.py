@@ -16,6 +16,10 @@ Chain (each stage a recipe of ``snapfusion.train``, all in this process):
 * ``DIR/times.json`` records each stage's wall time; ``DIR/model`` is the exported pipeline
   folder (evolved UNet, 8 steps, text encoder, small decoder, tokenizer, scheduler config),
   ``DIR/final_eval.json`` its world metrics.
+* Outside the budget, on a finished run: ``--distill-more M`` distils the exported student M
+  more minutes; ``--teacher-more M --redistill R`` trains the teacher M more minutes on a fresh
+  pool, rebuilds the evolved student from the new teacher's weights and distils it R minutes
+  (the teacher is what limits the student: docs/training.md). Each re-exports ``DIR/model``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 STAGES = ("tokenizer", "pool", "clip", "vae", "teacher", "robust", "evolve", "distill", "decoder", "export",
-          "distill_more")
+          "distill_more", "teacher_more", "redistill")
 #: Share of the remaining time per training stage (tokenizer and pool take what they need; the
 #: export stage, with the final evaluation, gets the fixed EXPORT_RESERVE).
 SHARES = {"clip": 0.07, "vae": 0.12, "teacher": 0.40, "robust": 0.07, "evolve": 0.12, "distill": 0.15,
@@ -313,13 +317,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-more", type=float, default=0.0, metavar="MINUTES",
                    help="after the export, distil the exported student MINUTES more (outside the budget; "
                         "it can also be asked for on a finished run) and export it again")
+    p.add_argument("--teacher-more", type=float, default=0.0, metavar="MINUTES",
+                   help="after the export, train the teacher MINUTES more on a fresh pool (data seed + 3; "
+                        "outside the budget), then rebuild the student from it (needs --redistill)")
+    p.add_argument("--redistill", type=float, default=0.0, metavar="MINUTES",
+                   help="with --teacher-more: the evolved architecture filled with the new teacher's weights, "
+                        "step-distilled MINUTES from it, and exported again")
+    p.add_argument("--more-pool-size", type=int, default=None,
+                   help="images of the fresh pool of --teacher-more (default: the run's pool size)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--ship", action="store_true",
                    help="at the end, copy the model into snapfusion/models/ (the package's default) and the "
                         "world CLIP evaluator (fp16) into snapfusion/models/world_clip/")
     args = p.parse_args(argv)
-    if args.distill_more < 0:
-        p.error("--distill-more must be >= 0 minutes")
+    if min(args.distill_more, args.teacher_more, args.redistill) < 0:
+        p.error("--distill-more, --teacher-more and --redistill must be >= 0 minutes")
+    if (args.teacher_more > 0) != (args.redistill > 0):
+        p.error("--teacher-more and --redistill go together: a new teacher needs a new student")
     if not args.budget_minutes > 0:
         p.error("--budget-minutes must be positive")
 
@@ -398,14 +412,19 @@ def main(argv: list[str] | None = None) -> int:
         return train_vae(cfg, args.device, progress)
 
     world_cache: dict[str, Any] = {}
+    # the fresh pool of --teacher-more / --redistill
+    data_more = {**data, "pool_dir": str(out / "pool_more"), "pool_seed": seed + 3,
+                 "pool_size": args.more_pool_size or pool_size}
 
-    def world() -> Any:
-        if "w" not in world_cache:
+    def world(d: dict[str, Any] | None = None) -> Any:
+        d = data if d is None else d
+        key = d["pool_dir"]
+        if key not in world_cache:
             from snapfusion.train.world import LatentWorld
 
-            world_cache["w"] = LatentWorld(tok_dir, paths["text_encoder"], paths["vae"], env, data,
-                                           seed=seed + 999, progress=progress)
-        return world_cache["w"]
+            world_cache[key] = LatentWorld(tok_dir, paths["text_encoder"], paths["vae"], env, d,
+                                           seed=seed + 999 + (d["pool_seed"] - seed), progress=progress)
+        return world_cache[key]
 
     def st_teacher(budget: float) -> dict[str, Any]:
         from snapfusion.train.teacher import TeacherRecipeConfig, train_teacher
@@ -584,6 +603,51 @@ def main(argv: list[str] | None = None) -> int:
         summary.update(check_engine(folder, best))
         return summary
 
+    def st_teacher_more(_: float) -> dict[str, Any]:
+        # the teacher bounds the student (docs/training.md): more of it, on a fresh pool, at 2/3
+        # of the profile's learning rate (it starts trained)
+        from snapfusion.train.teacher import TeacherRecipeConfig, train_teacher
+
+        tcfg = _train_cfg(prof, "teacher", 60.0 * args.teacher_more, seed + 3, overhead, log_every)
+        tcfg.update(lr=tcfg["lr"] * 2.0 / 3.0, warmup_steps=min(100, int(tcfg.get("warmup_steps", 100))))
+        cfg = TeacherRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
+                                  init=paths["teacher"], out=str(out / "teacher_more"), data=data_more, train=tcfg)
+        summary = train_teacher(cfg, args.device, progress, world=world(data_more))
+        best = float(final["guidance_scale"])
+        summary["before"] = quick_eval(paths["teacher"], steps=prof["eval"]["teacher_eval_steps"], guidance=best)
+        summary["after"] = quick_eval(str(out / "teacher_more" / "unet"), steps=prof["eval"]["teacher_eval_steps"],
+                                      guidance=best)
+        return summary
+
+    def st_redistill(_: float) -> dict[str, Any]:
+        # the evolved architecture with the new teacher's weights (a student distilled on from
+        # its old weights barely follows a much better teacher), distilled from that teacher
+        from snapfusion.train.distill import DistillRecipeConfig, distill
+        from snapfusion.train.evolution import prune_like
+        from snapfusion.train.export import export_pipeline, folder_size_bytes
+
+        teacher = str(out / "teacher_more" / "unet")
+        init = prune_like(teacher, paths["evolved"], out / "redistill" / "init")
+        tcfg = _train_cfg(prof, "distill", 60.0 * args.redistill, seed + 4, overhead, log_every)
+        tcfg.update(lr=2.0 * tcfg["lr"], ema_decay=min(0.995, float(tcfg.get("ema_decay", 0.995))))
+        cfg = DistillRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
+                                  teacher=teacher, student=str(init), out=str(out / "redistill"), data=data_more,
+                                  train=tcfg)
+        summary = distill(cfg, args.device, progress, world=world(data_more))
+        best = float(final["guidance_scale"])
+        unet = str(out / "redistill" / "unet")
+        summary["after"] = quick_eval(unet, steps=8, guidance=best, vae_dir=paths["small_vae"])
+        info = {"num_inference_steps": 8, "guidance_scale": best, "world_metrics": summary["after"],
+                "trained_with": f"scripts/train_default.py --teacher-more {args.teacher_more:g} "
+                                f"--redistill {args.redistill:g}",
+                "budget_minutes": args.budget_minutes, "teacher_more_minutes": args.teacher_more,
+                "redistill_minutes": args.redistill, "device": args.device}
+        folder = export_pipeline(paths["model"], tok_dir, paths["text_encoder"], unet, paths["small_vae"],
+                                 info=info)
+        summary["bytes"] = folder_size_bytes(folder)
+        summary.update(check_engine(folder, best))
+        return summary
+
     t_all = time.perf_counter()
     run.run_stage("tokenizer", st_tokenizer)
     run.run_stage("pool", st_pool)
@@ -597,6 +661,10 @@ def main(argv: list[str] | None = None) -> int:
     final = run.run_stage("export", st_export)
     if args.distill_more > 0:
         more = run.run_stage("distill_more", st_distill_more)
+        final = {**final, "bytes": more.get("bytes")}
+    if args.teacher_more > 0:
+        run.run_stage("teacher_more", st_teacher_more)
+        more = run.run_stage("redistill", st_redistill)
         final = {**final, "bytes": more.get("bytes")}
     if args.ship:
         ship(Path(paths["model"]), Path(paths["clip"]))

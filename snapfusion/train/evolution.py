@@ -60,7 +60,7 @@ from .latency import engine_available, estimate_latency, get_table
 from .robust import DropConfig, drop_generator
 from .world import DiffusionLossConfig, LatentWorld, diffusion_loss, freeze
 
-__all__ = ["EvolveRecipeConfig", "evolve", "EvolutionSearch", "prune_unet"]
+__all__ = ["EvolveRecipeConfig", "evolve", "EvolutionSearch", "prune_unet", "prune_like"]
 
 
 @dataclass
@@ -358,6 +358,42 @@ def prune_unet(elastic_unet: torch.nn.Module, removed: Sequence[str]) -> torch.n
     model = UNet2DConditionModel(cfg)
     model.load_pruned_state_dict({k: v.detach().cpu() for k, v in elastic_unet.state_dict().items()})
     return model
+
+
+def prune_like(teacher: str | Path, like: str | Path, out: str | Path) -> Path:
+    """Write ``like``'s architecture (its ``elastic_blocks``) holding ``teacher``'s weights.
+
+    Rebuilds an evolved student from a teacher trained further after the evolution: the kept
+    blocks take the newer teacher's weights, so step distillation starts from what that teacher
+    knows rather than from the older student (a student distilled on from its old weights
+    barely follows a much better teacher; see docs/training.md).
+
+    Args:
+        teacher: full UNet folder.
+        like: evolved UNet folder whose config (with ``elastic_blocks``) is kept.
+        out: output UNet folder (float32).
+
+    Returns:
+        ``out`` as a Path.
+
+    Raises:
+        ValueError: the two configs differ in more than ``elastic_blocks``.
+    """
+    from snapfusion.nn import UNet2DConditionModel
+    from snapfusion.nn.serialization import read_config
+
+    full = UNet2DConditionModel.from_pretrained(teacher)
+    cfg = read_config(like)
+    base = read_config(teacher)
+    differ = sorted(k for k in set(cfg) | set(base)
+                    if k != "elastic_blocks" and not k.startswith("_") and cfg.get(k) != base.get(k))
+    if differ:
+        raise ValueError(f"{like} is not a pruned {teacher}: configs differ in {differ}")
+    model = UNet2DConditionModel(cfg)
+    model.load_pruned_state_dict({k: v.detach().float().cpu() for k, v in full.state_dict().items()})
+    out = Path(out)
+    model.save_pretrained(out)
+    return out
 
 
 def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,

@@ -694,6 +694,37 @@ def test_export_engine_matches_pytorch(parts: dict[str, Any], tmp_path: Path) ->
         export_pipeline(tmp_path / "bad", tmp_path / "nothing", parts["te"], tmp_path / "unet", vae_dir)
 
 
+def test_prune_like_takes_the_new_teachers_weights(parts: dict[str, Any], tmp_path: Path) -> None:
+    """An evolved architecture rebuilt from a further-trained teacher: the config (with its
+    ``elastic_blocks``) is the evolved one, every kept weight the new teacher's."""
+    from snapfusion.nn import UNet2DConditionModel, block_names
+    from snapfusion.train.evolution import prune_like, prune_unet
+
+    full = UNet2DConditionModel.from_pretrained(parts["teacher"])
+    removed = block_names(full.config)[1:3]
+    prune_unet(full, removed).save_pretrained(tmp_path / "evolved")
+    newer = UNet2DConditionModel.from_pretrained(parts["teacher"])
+    with torch.no_grad():
+        for q in newer.parameters():
+            q.add_(0.5)
+    newer.save_pretrained(tmp_path / "newer")
+    out = prune_like(tmp_path / "newer", tmp_path / "evolved", tmp_path / "rebuilt")
+    rebuilt = UNet2DConditionModel.from_pretrained(out)
+    evolved = UNet2DConditionModel.from_pretrained(tmp_path / "evolved")
+    assert rebuilt.config["elastic_blocks"] == evolved.config["elastic_blocks"]
+    ref = newer.state_dict()
+    own = rebuilt.state_dict()
+    assert set(own) == set(evolved.state_dict()) and len(own) < len(ref)
+    for k, v in own.items():
+        torch.testing.assert_close(v, ref[k], atol=0, rtol=0)
+    # a UNet of another shape is no pruned teacher
+    other = dict(full.config)
+    other["cross_attention_dim"] = int(other["cross_attention_dim"]) * 2
+    UNet2DConditionModel(other).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="cross_attention_dim"):
+        prune_like(tmp_path / "newer", tmp_path / "other", tmp_path / "bad")
+
+
 def test_pipeline_sampling_matches_torch_sampler(parts: dict[str, Any], tmp_path: Path) -> None:
     pytest.importorskip("snapfusion._engine")
     pytest.importorskip("snapfusion.schedulers")
