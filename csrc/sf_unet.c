@@ -332,6 +332,12 @@ sf_status sf_unet_run(sf_unet *u, const float *sample, size_t batch, size_t h, s
             SF_CHECK(alloc_act(a, batch, cur.h, cur.w, cur.c, &next));
             SF_CHECK(sf_resnet_run(&u->mid_res[0], a, cur.x, batch, cur.h, cur.w, temb, next.x));
             cur = next;
+        } else if (c->mid_attn) {
+            /* the transformer runs in place: without resnets.0, cur is the last down skip on
+             * the stack, which the up blocks still read */
+            SF_CHECK(alloc_act(a, batch, cur.h, cur.w, cur.c, &next));
+            memcpy(next.x, cur.x, batch * cur.h * cur.w * cur.c * sizeof(float));
+            cur = next;
         }
         if (c->mid_attn)
             SF_CHECK(sf_transformer_run(&u->mid_attn, a, cur.x, batch, cur.h, cur.w, ctx,

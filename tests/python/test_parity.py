@@ -271,10 +271,17 @@ def elastic_no_mid_config() -> dict[str, Any]:
     return cfg
 
 
+def elastic_mid_attention_only_config() -> dict[str, Any]:
+    """The mid block without its first ResNet: its attention reads the last down skip, which
+    the up blocks read too (the engine's in-place attention once overwrote it)."""
+    return elastic.with_blocks_removed(ELASTIC_BASE, ["mid_block.resnets.0"])
+
+
 ELASTIC_CASES = {
     "removed": elastic_removed_config,
     "added": elastic_added_config,
     "no_mid": elastic_no_mid_config,
+    "mid_attention_only": elastic_mid_attention_only_config,
 }
 
 
