@@ -246,21 +246,31 @@ static sf_status alloc_act(sf_arena *a, size_t batch, size_t h, size_t w, size_t
     return sf_arena_alloc(a, bytes, (void **)&out->x);
 }
 
+/* A copy of `in` in a buffer of its own. The transformer runs in place, and when no ResNet
+ * ran before it its input is a buffer the up blocks still read (a skip on the stack). */
+static sf_status own_copy(sf_arena *a, const sf_act *in, size_t batch, sf_act *out) {
+    sf_status st = alloc_act(a, batch, in->h, in->w, in->c, out);
+    if (st == SF_OK)
+        memcpy(out->x, in->x, batch * in->h * in->w * in->c * sizeof(float));
+    return st;
+}
+
 static void hook(sf_unet *u, const char *name, const sf_act *t, size_t batch) {
     if (u->hook)
         u->hook(u->hook_user, name, t->x, batch, t->h, t->w, t->c);
 }
 
-/* Run a layer from `in` into a fresh activation `*out` (or in place when it has no ResNet). */
+/* Run a layer from `in` into `*out`: a fresh activation, or `in` itself when nothing runs. */
 static sf_status run_layer(sf_unet *u, sf_unet_layer *l, const sf_act *in, size_t batch,
                            const float *temb, const float *ctx, size_t ctx_len, sf_act *out) {
     sf_status st = SF_OK;
     if (l->has_resnet) {
         SF_CHECK(alloc_act(u->arena, batch, in->h, in->w, l->out_ch, out));
         SF_CHECK(sf_resnet_run(&l->resnet, u->arena, in->x, batch, in->h, in->w, temb, out->x));
+    } else if (l->has_attn) {
+        SF_CHECK(own_copy(u->arena, in, batch, out));
     } else {
-        SF_CHECK(alloc_act(u->arena, batch, in->h, in->w, in->c, out));
-        memcpy(out->x, in->x, batch * in->h * in->w * in->c * sizeof(float));
+        *out = *in; /* nothing runs: nothing writes, the buffer can be shared */
     }
     if (l->has_attn)
         SF_CHECK(sf_transformer_run(&l->attn, u->arena, out->x, batch, out->h, out->w, ctx,
@@ -333,10 +343,7 @@ sf_status sf_unet_run(sf_unet *u, const float *sample, size_t batch, size_t h, s
             SF_CHECK(sf_resnet_run(&u->mid_res[0], a, cur.x, batch, cur.h, cur.w, temb, next.x));
             cur = next;
         } else if (c->mid_attn) {
-            /* the transformer runs in place: without resnets.0, cur is the last down skip on
-             * the stack, which the up blocks still read */
-            SF_CHECK(alloc_act(a, batch, cur.h, cur.w, cur.c, &next));
-            memcpy(next.x, cur.x, batch * cur.h * cur.w * cur.c * sizeof(float));
+            SF_CHECK(own_copy(a, &cur, batch, &next));
             cur = next;
         }
         if (c->mid_attn)

@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             from snapfusion.train.world import LatentWorld
 
             world_cache[key] = LatentWorld(tok_dir, paths["text_encoder"], paths["vae"], env, d,
-                                           seed=seed + 999 + (d["pool_seed"] - seed), progress=progress)
+                                           seed=d["pool_seed"] + 999, progress=progress)
         return world_cache[key]
 
     def st_teacher(budget: float) -> dict[str, Any]:
@@ -582,21 +582,25 @@ def main(argv: list[str] | None = None) -> int:
         # more step distillation of the exported student, on the run's pool, with a fresh data
         # seed; the export is redone with the same recommended settings
         from snapfusion.train.distill import DistillRecipeConfig, distill
-        from snapfusion.train.export import export_pipeline, folder_size_bytes
 
         tcfg = _train_cfg(prof, "distill", 60.0 * args.distill_more, seed + 1, overhead, log_every)
         cfg = DistillRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
                                   teacher=paths["teacher"], student=paths["student"],
                                   out=str(out / "distill_more"), data=data, train=tcfg)
         summary = distill(cfg, args.device, progress, world=world())
+        summary["before"] = final.get("student_sweep", {}).get(str(final["guidance_scale"]))
+        return reexport(summary, str(out / "distill_more" / "unet"),
+                        f"--distill-more {args.distill_more:g}", distill_more_minutes=args.distill_more)
+
+    def reexport(summary: dict[str, Any], unet: str, flags: str, **extra: float) -> dict[str, Any]:
+        # a new student replaces the exported one, with the same recommended settings
+        from snapfusion.train.export import export_pipeline, folder_size_bytes
+
         best = float(final["guidance_scale"])
-        unet = str(out / "distill_more" / "unet")
         summary["after"] = quick_eval(unet, steps=8, guidance=best, vae_dir=paths["small_vae"])
-        summary["before"] = final.get("student_sweep", {}).get(str(best))
         info = {"num_inference_steps": 8, "guidance_scale": best, "world_metrics": summary["after"],
-                "trained_with": f"scripts/train_default.py --distill-more {args.distill_more:g}",
-                "budget_minutes": args.budget_minutes, "distill_more_minutes": args.distill_more,
-                "device": args.device}
+                "trained_with": f"scripts/train_default.py {flags}", "budget_minutes": args.budget_minutes,
+                **extra, "device": args.device}
         folder = export_pipeline(paths["model"], tok_dir, paths["text_encoder"], unet, paths["small_vae"],
                                  info=info)
         summary["bytes"] = folder_size_bytes(folder)
@@ -624,7 +628,6 @@ def main(argv: list[str] | None = None) -> int:
         # its old weights barely follows a much better teacher), distilled from that teacher
         from snapfusion.train.distill import DistillRecipeConfig, distill
         from snapfusion.train.evolution import prune_like
-        from snapfusion.train.export import export_pipeline, folder_size_bytes
 
         teacher = str(out / "teacher_more" / "unet")
         init = prune_like(teacher, paths["evolved"], out / "redistill" / "init")
@@ -634,19 +637,9 @@ def main(argv: list[str] | None = None) -> int:
                                   teacher=teacher, student=str(init), out=str(out / "redistill"), data=data_more,
                                   train=tcfg)
         summary = distill(cfg, args.device, progress, world=world(data_more))
-        best = float(final["guidance_scale"])
-        unet = str(out / "redistill" / "unet")
-        summary["after"] = quick_eval(unet, steps=8, guidance=best, vae_dir=paths["small_vae"])
-        info = {"num_inference_steps": 8, "guidance_scale": best, "world_metrics": summary["after"],
-                "trained_with": f"scripts/train_default.py --teacher-more {args.teacher_more:g} "
-                                f"--redistill {args.redistill:g}",
-                "budget_minutes": args.budget_minutes, "teacher_more_minutes": args.teacher_more,
-                "redistill_minutes": args.redistill, "device": args.device}
-        folder = export_pipeline(paths["model"], tok_dir, paths["text_encoder"], unet, paths["small_vae"],
-                                 info=info)
-        summary["bytes"] = folder_size_bytes(folder)
-        summary.update(check_engine(folder, best))
-        return summary
+        return reexport(summary, str(out / "redistill" / "unet"),
+                        f"--teacher-more {args.teacher_more:g} --redistill {args.redistill:g}",
+                        teacher_more_minutes=args.teacher_more, redistill_minutes=args.redistill)
 
     t_all = time.perf_counter()
     run.run_stage("tokenizer", st_tokenizer)

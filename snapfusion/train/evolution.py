@@ -354,9 +354,15 @@ def prune_unet(elastic_unet: torch.nn.Module, removed: Sequence[str]) -> torch.n
     from snapfusion.nn import UNet2DConditionModel, with_blocks_removed
 
     base = {k: v for k, v in elastic_unet.config.items()}
-    cfg = with_blocks_removed(base, list(removed)) if removed else base
+    return _pruned(elastic_unet, with_blocks_removed(base, list(removed)) if removed else base)
+
+
+def _pruned(full: torch.nn.Module, cfg: dict[str, Any]) -> torch.nn.Module:
+    """A UNet of config ``cfg`` (with ``elastic_blocks``) holding ``full``'s kept weights."""
+    from snapfusion.nn import UNet2DConditionModel
+
     model = UNet2DConditionModel(cfg)
-    model.load_pruned_state_dict({k: v.detach().cpu() for k, v in elastic_unet.state_dict().items()})
+    model.load_pruned_state_dict({k: v.detach().cpu() for k, v in full.state_dict().items()})
     return model
 
 
@@ -389,10 +395,8 @@ def prune_like(teacher: str | Path, like: str | Path, out: str | Path) -> Path:
                     if k != "elastic_blocks" and not k.startswith("_") and cfg.get(k) != base.get(k))
     if differ:
         raise ValueError(f"{like} is not a pruned {teacher}: configs differ in {differ}")
-    model = UNet2DConditionModel(cfg)
-    model.load_pruned_state_dict({k: v.detach().float().cpu() for k, v in full.state_dict().items()})
     out = Path(out)
-    model.save_pretrained(out)
+    _pruned(full, cfg).save_pretrained(out)
     return out
 
 

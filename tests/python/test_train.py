@@ -748,18 +748,24 @@ def test_pipeline_sampling_matches_torch_sampler(parts: dict[str, Any], tmp_path
     np.testing.assert_allclose(out, ref.numpy(), atol=2e-3, rtol=0)
 
 
-def test_one_shot_profiles() -> None:
-    """Every profile of scripts/train_default.py names what its stages read, with valid recipe
-    settings; ``auto`` picks by device and budget."""
+def _one_shot_script() -> Any:
+    """scripts/train_default.py as a module."""
     import importlib.util
-
-    from snapfusion.train.vae import VAERecipeConfig
 
     path = Path(__file__).resolve().parents[2] / "scripts" / "train_default.py"
     spec = importlib.util.spec_from_file_location("train_default_script", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_one_shot_profiles() -> None:
+    """Every profile of scripts/train_default.py names what its stages read, with valid recipe
+    settings; ``auto`` picks by device and budget."""
+    from snapfusion.train.vae import VAERecipeConfig
+
+    mod = _one_shot_script()
     assert mod.choose_profile("cuda", 8) == "cuda" and mod.choose_profile("cpu", 3) == "cpu"
     assert mod.choose_profile("cpu", 120) == "cpu-long" and mod.choose_profile("cpu", 1440) == "cpu-day"
     for name, prof in mod.PROFILES.items():
@@ -772,6 +778,21 @@ def test_one_shot_profiles() -> None:
         loss.update(prof.get("vae_loss", {}))
         assert set(loss) == {"l1", "l2", "edge", "kl", "fg"}, name
         assert prof["pool_min"] <= prof["pool_max"], name
+
+
+def test_one_shot_more_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--teacher-more and --redistill go together and, like --distill-more, are never negative:
+    a usage error before anything is trained or written."""
+    mod = _one_shot_script()
+    base = ["--out", str(tmp_path / "run"), "--budget-minutes", "1"]
+    for extra, message in ((["--teacher-more", "1"], "go together"), (["--redistill", "1"], "go together"),
+                           (["--teacher-more", "-1", "--redistill", "1"], ">= 0"),
+                           (["--distill-more", "-2"], ">= 0")):
+        with pytest.raises(SystemExit) as exc:
+            mod.main(base + extra)
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_recipe_command_line(parts: dict[str, Any], tmp_path: Path) -> None:
