@@ -97,8 +97,9 @@ test-py: build
 
 # The whole SnapFusion chain on the synthetic world, from nothing (see docs/training.md);
 # BUDGET minutes in all plus MORE minutes of extra step distillation, then TEACHER_MORE minutes
-# more teacher and a student rebuilt from it, distilled REDISTILL minutes (the shipped model:
-# DEVICE=cuda BUDGET=8 MORE=2.7 TEACHER_MORE=5 REDISTILL=2.6 on one H100, its decoder then
+# more teacher (a comma-separated list: continuations) and a student rebuilt from it, distilled
+# REDISTILL minutes (the shipped model: DEVICE=cuda BUDGET=8 MORE=2.7 TEACHER_MORE=5,6
+# REDISTILL=5 on one H100, its decoder then
 # trained on a CPU: docs/training.md; on 2 CPU cores give it hours), then installed as the
 # package's default (snapfusion/models/). Re-running resumes the same run.
 BUDGET ?= 120

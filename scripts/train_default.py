@@ -19,7 +19,9 @@ Chain (each stage a recipe of ``snapfusion.train``, all in this process):
 * Outside the budget, on a finished run: ``--distill-more M`` distils the exported student M
   more minutes; ``--teacher-more M --redistill R`` trains the teacher M more minutes on a fresh
   pool, rebuilds the evolved student from the new teacher's weights and distils it R minutes
-  (the teacher is what limits the student: docs/training.md). Each re-exports ``DIR/model``.
+  (the teacher is what limits the student: docs/training.md). ``--teacher-more M1,M2`` trains
+  it in continuations, each on its own fresh pool at 3/4 of the previous learning rate; the
+  student is then distilled on the last pool. Each re-exports ``DIR/model``.
 """
 
 from __future__ import annotations
@@ -222,6 +224,14 @@ class Run:
         return summary
 
 
+def _minutes_list(text: str) -> list[float]:
+    """``"5"`` or ``"5,6"``: minutes, one value per continuation."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected minutes or a comma-separated list of them, got {text!r}")
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -317,9 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-more", type=float, default=0.0, metavar="MINUTES",
                    help="after the export, distil the exported student MINUTES more (outside the budget; "
                         "it can also be asked for on a finished run) and export it again")
-    p.add_argument("--teacher-more", type=float, default=0.0, metavar="MINUTES",
+    p.add_argument("--teacher-more", type=_minutes_list, default=[], metavar="MINUTES[,MINUTES...]",
                    help="after the export, train the teacher MINUTES more on a fresh pool (data seed + 3; "
-                        "outside the budget), then rebuild the student from it (needs --redistill)")
+                        "outside the budget), then rebuild the student from it (needs --redistill); a list "
+                        "trains it in continuations, each on its own fresh pool (data seed + 3 + 2k) at 3/4 "
+                        "of the previous learning rate")
     p.add_argument("--redistill", type=float, default=0.0, metavar="MINUTES",
                    help="with --teacher-more: the evolved architecture filled with the new teacher's weights, "
                         "step-distilled MINUTES from it, and exported again")
@@ -330,9 +342,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="at the end, copy the model into snapfusion/models/ (the package's default) and the "
                         "world CLIP evaluator (fp16) into snapfusion/models/world_clip/")
     args = p.parse_args(argv)
-    if min(args.distill_more, args.teacher_more, args.redistill) < 0:
+    if min(args.distill_more, args.redistill, *args.teacher_more) < 0:
         p.error("--distill-more, --teacher-more and --redistill must be >= 0 minutes")
-    if (args.teacher_more > 0) != (args.redistill > 0):
+    if args.teacher_more == [0.0]:
+        args.teacher_more = []
+    if 0.0 in args.teacher_more:
+        p.error("--teacher-more: every continuation needs > 0 minutes")
+    if bool(args.teacher_more) != (args.redistill > 0):
         p.error("--teacher-more and --redistill go together: a new teacher needs a new student")
     if not args.budget_minutes > 0:
         p.error("--budget-minutes must be positive")
@@ -412,9 +428,15 @@ def main(argv: list[str] | None = None) -> int:
         return train_vae(cfg, args.device, progress)
 
     world_cache: dict[str, Any] = {}
-    # the fresh pool of --teacher-more / --redistill
-    data_more = {**data, "pool_dir": str(out / "pool_more"), "pool_seed": seed + 3,
-                 "pool_size": args.more_pool_size or pool_size}
+
+    def more_name(k: int) -> str:
+        # continuation k of --teacher-more: its stage (and folder) name
+        return "teacher_more" if k == 0 else f"teacher_more{k + 1}"
+
+    def data_more(k: int) -> dict[str, Any]:
+        # the fresh pool of continuation k of --teacher-more (the last one also feeds --redistill)
+        return {**data, "pool_dir": str(out / ("pool_more" if k == 0 else f"pool_more{k + 1}")),
+                "pool_seed": seed + 3 + 2 * k, "pool_size": args.more_pool_size or pool_size}
 
     def world(d: dict[str, Any] | None = None) -> Any:
         d = data if d is None else d
@@ -607,39 +629,48 @@ def main(argv: list[str] | None = None) -> int:
         summary.update(check_engine(folder, best))
         return summary
 
-    def st_teacher_more(_: float) -> dict[str, Any]:
+    def st_teacher_more(k: int) -> Callable[[float], dict[str, Any]]:
         # the teacher bounds the student (docs/training.md): more of it, on a fresh pool, at 2/3
-        # of the profile's learning rate (it starts trained)
-        from snapfusion.train.teacher import TeacherRecipeConfig, train_teacher
+        # of the profile's learning rate (it starts trained), 3/4 of that per further continuation
+        def stage(_: float) -> dict[str, Any]:
+            from snapfusion.train.teacher import TeacherRecipeConfig, train_teacher
 
-        tcfg = _train_cfg(prof, "teacher", 60.0 * args.teacher_more, seed + 3, overhead, log_every)
-        tcfg.update(lr=tcfg["lr"] * 2.0 / 3.0, warmup_steps=min(100, int(tcfg.get("warmup_steps", 100))))
-        cfg = TeacherRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
-                                  init=paths["teacher"], out=str(out / "teacher_more"), data=data_more, train=tcfg)
-        summary = train_teacher(cfg, args.device, progress, world=world(data_more))
-        best = float(final["guidance_scale"])
-        summary["before"] = quick_eval(paths["teacher"], steps=prof["eval"]["teacher_eval_steps"], guidance=best)
-        summary["after"] = quick_eval(str(out / "teacher_more" / "unet"), steps=prof["eval"]["teacher_eval_steps"],
-                                      guidance=best)
-        return summary
+            d = data_more(k)
+            init = paths["teacher"] if k == 0 else str(out / more_name(k - 1) / "unet")
+            tcfg = _train_cfg(prof, "teacher", 60.0 * args.teacher_more[k], d["pool_seed"], overhead, log_every)
+            tcfg.update(lr=tcfg["lr"] * 2.0 / 3.0 * 0.75 ** k,
+                        warmup_steps=min(100, int(tcfg.get("warmup_steps", 100))))
+            cfg = TeacherRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
+                                      init=init, out=str(out / more_name(k)), data=d, train=tcfg)
+            summary = train_teacher(cfg, args.device, progress, world=world(d))
+            best = float(final["guidance_scale"])
+            steps = prof["eval"]["teacher_eval_steps"]
+            summary["before"] = quick_eval(init, steps=steps, guidance=best)
+            summary["after"] = quick_eval(str(out / more_name(k) / "unet"), steps=steps, guidance=best)
+            return summary
+
+        return stage
 
     def st_redistill(_: float) -> dict[str, Any]:
-        # the evolved architecture with the new teacher's weights (a student distilled on from
-        # its old weights barely follows a much better teacher), distilled from that teacher
+        # the evolved architecture with the last new teacher's weights (a student distilled on
+        # from its old weights barely follows a much better teacher), distilled from that
+        # teacher on that teacher's last pool
         from snapfusion.train.distill import DistillRecipeConfig, distill
         from snapfusion.train.evolution import prune_like
 
-        teacher = str(out / "teacher_more" / "unet")
+        last = len(args.teacher_more) - 1
+        teacher = str(out / more_name(last) / "unet")
         init = prune_like(teacher, paths["evolved"], out / "redistill" / "init")
         tcfg = _train_cfg(prof, "distill", 60.0 * args.redistill, seed + 4, overhead, log_every)
         tcfg.update(lr=2.0 * tcfg["lr"], ema_decay=min(0.995, float(tcfg.get("ema_decay", 0.995))))
         cfg = DistillRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
-                                  teacher=teacher, student=str(init), out=str(out / "redistill"), data=data_more,
-                                  train=tcfg)
-        summary = distill(cfg, args.device, progress, world=world(data_more))
+                                  teacher=teacher, student=str(init), out=str(out / "redistill"),
+                                  data=data_more(last), train=tcfg)
+        summary = distill(cfg, args.device, progress, world=world(data_more(last)))
+        more = ",".join(f"{m:g}" for m in args.teacher_more)
         return reexport(summary, str(out / "redistill" / "unet"),
-                        f"--teacher-more {args.teacher_more:g} --redistill {args.redistill:g}",
-                        teacher_more_minutes=args.teacher_more, redistill_minutes=args.redistill)
+                        f"--teacher-more {more} --redistill {args.redistill:g}",
+                        teacher_more_minutes=sum(args.teacher_more), redistill_minutes=args.redistill)
 
     t_all = time.perf_counter()
     run.run_stage("tokenizer", st_tokenizer)
@@ -655,8 +686,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.distill_more > 0:
         more = run.run_stage("distill_more", st_distill_more)
         final = {**final, "bytes": more.get("bytes")}
-    if args.teacher_more > 0:
-        run.run_stage("teacher_more", st_teacher_more)
+    for k in range(len(args.teacher_more)):
+        run.run_stage(more_name(k), st_teacher_more(k))
+    if args.teacher_more:
         more = run.run_stage("redistill", st_redistill)
         final = {**final, "bytes": more.get("bytes")}
     if args.ship:

@@ -781,12 +781,16 @@ def test_one_shot_profiles() -> None:
 
 
 def test_one_shot_more_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """--teacher-more and --redistill go together and, like --distill-more, are never negative:
-    a usage error before anything is trained or written."""
+    """--teacher-more (minutes or a list of them) and --redistill go together and, like
+    --distill-more, are never negative: a usage error before anything is trained or written."""
     mod = _one_shot_script()
     base = ["--out", str(tmp_path / "run"), "--budget-minutes", "1"]
     for extra, message in ((["--teacher-more", "1"], "go together"), (["--redistill", "1"], "go together"),
                            (["--teacher-more", "-1", "--redistill", "1"], ">= 0"),
+                           (["--teacher-more", "2,-1", "--redistill", "1"], ">= 0"),
+                           (["--teacher-more", "2,0", "--redistill", "1"], "> 0 minutes"),
+                           (["--teacher-more", "2,x", "--redistill", "1"], "comma-separated"),
+                           (["--teacher-more", "0", "--redistill", "1"], "go together"),
                            (["--distill-more", "-2"], ">= 0")):
         with pytest.raises(SystemExit) as exc:
             mod.main(base + extra)
