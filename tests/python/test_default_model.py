@@ -1,8 +1,8 @@
 """The embedded default model: it ships with the package, stays under 20 MB, loads without a
 path, and draws what it is asked for (the exact attribute checker reads the picture back). The
-shipped model (about 19 minutes on one GPU, then an hour of its decoder on a CPU core) gets
-counts, sizes, positions and backgrounds right far more often than colours and shapes; its
-figures are in benchmarks/results/world_report/.
+shipped model (about 31 minutes on one GPU, then an hour and a half of its decoder on a CPU
+core) gets counts, sizes, positions and backgrounds right more often than colours and shapes;
+its figures are in benchmarks/results/world_report/.
 The check below pins one prompt and seed that it draws right in every attribute."""
 
 from __future__ import annotations
