@@ -337,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
                         "step-distilled MINUTES from it, and exported again")
     p.add_argument("--more-pool-size", type=int, default=None,
                    help="images of the fresh pool of --teacher-more (default: the run's pool size)")
+    p.add_argument("--partial-captions", type=float, default=0.0, metavar="P",
+                   help="probability that a pool caption leaves out the background, and that it leaves out "
+                        "each object's size (so the model learns prompts that do not state them; pools drawn "
+                        "with another value are drawn again)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--ship", action="store_true",
                    help="at the end, copy the model into snapfusion/models/ (the package's default) and the "
@@ -350,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--teacher-more: every continuation needs > 0 minutes")
     if bool(args.teacher_more) != (args.redistill > 0):
         p.error("--teacher-more and --redistill go together: a new teacher needs a new student")
+    if not 0.0 <= args.partial_captions <= 1.0:
+        p.error("--partial-captions must be a probability in [0, 1]")
     if not args.budget_minutes > 0:
         p.error("--budget-minutes must be positive")
 
@@ -381,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     pool_size = args.pool_size or int(min(prof["pool_max"], max(prof["pool_min"],
                                                                  prof["pool_per_minute"] * args.budget_minutes)))
     data = {"pool_dir": str(out / "pool"), "pool_size": pool_size, "pool_seed": seed, "pool_workers": workers}
+    if args.partial_captions > 0:
+        data["partial_captions"] = args.partial_captions
     tok_dir = str(out / "tokenizer" / "tokenizer")
     paths = {
         "tokenizer": tok_dir,
@@ -408,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
 
         t0 = time.perf_counter()
         images, captions, ids = get_pool(data["pool_dir"], pool_size, seed=seed, workers=workers,
-                                         progress=progress, tokenizer_dir=tok_dir)
+                                         progress=progress, tokenizer_dir=tok_dir, partial=args.partial_captions)
         return {"n": len(captions), "seconds": time.perf_counter() - t0, "workers": workers,
                 "has_ids": ids is not None}
 

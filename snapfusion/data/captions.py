@@ -11,6 +11,7 @@ two objects or the region of a single object, and the background colour).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -71,6 +72,24 @@ TEMPLATES_TWO: tuple[str, ...] = (
 )
 FULL_TEMPLATES_ONE: tuple[int, ...] = tuple(
     i for i, t in enumerate(TEMPLATES_ONE) if "{pos}" in t
+)
+# Templates of partial captions that leave the background out (any background fits them).
+TEMPLATES_ONE_NO_BG: tuple[str, ...] = (
+    "a {s} {c} {sh} {pos}",
+    "a {s} {c} {sh}",
+    "{c} {sh}, {s}, {pos}",
+    "{c} {sh}, {s}",
+    "there is a {s} {c} {sh} {pos}",
+    "a picture of a {s} {c} {sh} {pos}",
+)
+TEMPLATES_TWO_NO_BG: tuple[str, ...] = (
+    "a {s1} {c1} {sh1} {rel} a {s2} {c2} {sh2}",
+    "there is a {s1} {c1} {sh1} {rel} a {s2} {c2} {sh2}",
+    "{c1} {sh1}, {s1}, {rel} {c2} {sh2}, {s2}",
+    "a picture of a {s1} {c1} {sh1} {rel} a {s2} {c2} {sh2}",
+)
+FULL_TEMPLATES_ONE_NO_BG: tuple[int, ...] = tuple(
+    i for i, t in enumerate(TEMPLATES_ONE_NO_BG) if "{pos}" in t
 )
 
 MAX_CAPTION_WORDS = 64
@@ -167,6 +186,8 @@ def _pick(options: tuple[str, ...], rng: np.random.Generator | None) -> str:
 
 
 def _fix_articles(text: str) -> str:
+    # an omitted size leaves empty slots ("red circle, , on white"): close them up
+    text = re.sub(r"\s*,(\s*,)+", ",", text).strip(" ,")
     words = text.split()
     for i in range(len(words) - 1):
         if words[i] == "a" and words[i + 1][0] in _VOWELS:
@@ -179,6 +200,8 @@ def describe(
     rng: np.random.Generator | None = None,
     template: int | None = None,
     full: bool = False,
+    omit_size: bool | Sequence[bool] = False,
+    omit_background: bool = False,
 ) -> str:
     """Write a caption for a scene (or for a caption spec).
 
@@ -193,6 +216,12 @@ def describe(
             :data:`TEMPLATES_TWO`, depending on the number of objects).
         full: Only use templates that state every attribute (one-object
             captions then always mention the region).
+        omit_size: Leave the size out: for every object, or per object (in
+            the order of the scene's objects).  A partial caption: any size
+            fits it.
+        omit_background: Leave the background out (templates of
+            :data:`TEMPLATES_ONE_NO_BG` / :data:`TEMPLATES_TWO_NO_BG`, which
+            ``template`` then indexes).
 
     Returns:
         A lowercase ASCII caption that :func:`parse_caption` maps back to
@@ -216,24 +245,37 @@ def describe(
         if o.color not in COLORS or o.size not in SIZES or o.shape not in SHAPES:
             raise ValueError(f"cannot describe an incompletely stated object: {o}")
     bg = _pick(COLOR_WORDS[spec.background], rng)
+    if isinstance(omit_size, (bool, np.bool_)):
+        omit = [bool(omit_size)] * len(objs)
+    else:
+        omit = [bool(x) for x in omit_size]
+    if len(omit) != len(objs):
+        raise ValueError(f"omit_size has {len(omit)} entries for {len(objs)} objects")
+    ones = TEMPLATES_ONE_NO_BG if omit_background else TEMPLATES_ONE
+    full_ones = FULL_TEMPLATES_ONE_NO_BG if omit_background else FULL_TEMPLATES_ONE
+    twos = TEMPLATES_TWO_NO_BG if omit_background else TEMPLATES_TWO
+
+    def size_word(i: int, o: ObjectSpec) -> str:
+        return "" if omit[i] else _pick(SIZE_WORDS[o.size], rng)  # type: ignore[index]
+
     if len(objs) == 1:
         if spec.relation is not None:
             raise ValueError("a single object cannot have a relation")
         if spec.region is None:
             if full:
                 raise ValueError("full caption requested but the region is not stated")
-            choices = tuple(i for i in range(len(TEMPLATES_ONE)) if i not in FULL_TEMPLATES_ONE)
+            choices = tuple(i for i in range(len(ones)) if i not in full_ones)
         elif spec.region not in REGIONS:
             raise ValueError(f"unknown region {spec.region!r}")
         else:
-            choices = FULL_TEMPLATES_ONE if full else tuple(range(len(TEMPLATES_ONE)))
+            choices = full_ones if full else tuple(range(len(ones)))
         if template is None:
             template = choices[0] if rng is None else choices[int(rng.integers(len(choices)))]
         if template not in choices:
             raise ValueError(f"template index {template} not usable here (choices {choices})")
         o = objs[0]
-        text = TEMPLATES_ONE[template].format(
-            s=_pick(SIZE_WORDS[o.size], rng),  # type: ignore[index]
+        text = ones[template].format(
+            s=size_word(0, o),
             c=_pick(COLOR_WORDS[o.color], rng),  # type: ignore[index]
             sh=_pick(SHAPE_WORDS[o.shape], rng),
             pos=_pick(REGION_PHRASES[spec.region], rng) if spec.region else "",
@@ -245,18 +287,20 @@ def describe(
         if spec.region is not None:
             raise ValueError("two objects cannot have a region")
         if template is None:
-            template = 0 if rng is None else int(rng.integers(len(TEMPLATES_TWO)))
-        if not 0 <= template < len(TEMPLATES_TWO):
+            template = 0 if rng is None else int(rng.integers(len(twos)))
+        if not 0 <= template < len(twos):
             raise ValueError(f"template index {template} out of range")
         first, second, relation = objs[0], objs[1], spec.relation
+        i1, i2 = 0, 1
         if rng is not None and rng.random() < 0.5:
             first, second, relation = second, first, INVERSE_RELATION[relation]
-        text = TEMPLATES_TWO[template].format(
-            s1=_pick(SIZE_WORDS[first.size], rng),  # type: ignore[index]
+            i1, i2 = 1, 0
+        text = twos[template].format(
+            s1=size_word(i1, first),
             c1=_pick(COLOR_WORDS[first.color], rng),  # type: ignore[index]
             sh1=_pick(SHAPE_WORDS[first.shape], rng),
             rel=_pick(RELATION_PHRASES[relation], rng),
-            s2=_pick(SIZE_WORDS[second.size], rng),  # type: ignore[index]
+            s2=size_word(i2, second),
             c2=_pick(COLOR_WORDS[second.color], rng),  # type: ignore[index]
             sh2=_pick(SHAPE_WORDS[second.shape], rng),
             bg=bg,

@@ -346,6 +346,7 @@ def sample_batch(
     size: int = 64,
     split: str = "train",
     ss: int = 4,
+    partial: float = 0.0,
 ) -> tuple[np.ndarray, list[str], list[Scene]]:
     """Sample scenes, draw them and caption them.
 
@@ -355,6 +356,11 @@ def sample_batch(
         size: Image side in pixels (16..1024).
         split: ``"train"``, ``"eval"``, ``"heldout"`` or ``"any"``.
         ss: Supersampling factor per axis.
+        partial: Probability that a caption leaves the background out, and,
+            independently, that it leaves out each object's size (partial
+            captions, which any background or size fits, teach a model to
+            draw prompts that do not state them).  0 draws exactly what
+            earlier versions drew.
 
     Returns:
         ``(images, captions, scenes)``: uint8 array ``[n, size, size, 3]``,
@@ -367,6 +373,8 @@ def sample_batch(
     _check_size(size, ss)
     if n * size * size * 3 > _MAX_BATCH_BYTES:
         raise ValueError(f"batch of {n} images of {size}x{size} is too large")
+    if isinstance(partial, bool) or not isinstance(partial, (int, float)) or not 0.0 <= partial <= 1.0:
+        raise ValueError(f"partial must be a probability in [0, 1], got {partial!r}")
     gen = make_rng(rng, split)
     full = split in ("eval", "heldout")
     scenes: list[Scene] = []
@@ -374,7 +382,12 @@ def sample_batch(
     for _ in range(n):
         scene = sample_scene(gen, split)
         scenes.append(scene)
-        captions.append(describe(scene, gen, full=full))
+        if partial > 0.0:
+            no_bg = bool(gen.random() < partial)
+            no_size = [bool(gen.random() < partial) for _ in scene.objects]
+            captions.append(describe(scene, gen, full=full, omit_size=no_size, omit_background=no_bg))
+        else:
+            captions.append(describe(scene, gen, full=full))
     return draw_scenes(scenes, size, ss), captions, scenes
 
 

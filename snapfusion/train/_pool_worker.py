@@ -18,11 +18,12 @@ def tokenize(tokenizer_dir: str, captions: list[str]) -> np.ndarray:
     return _TOKENIZERS[tokenizer_dir](captions).astype(np.int32)
 
 
-def draw_chunk(args: tuple[int, int, int, int, str, str | None]) -> tuple[np.ndarray, list[str], Any]:
+def draw_chunk(args: tuple[int, int, int, int, str, str | None, float]) -> tuple[np.ndarray, list[str], Any]:
     """Draw chunk ``index`` of a pool: ``n`` samples from seed ``[seed, 7, index]``."""
-    n, seed, index, size, split, tokenizer_dir = args
+    n, seed, index, size, split, tokenizer_dir, partial = args
     from snapfusion.data import sample_batch
 
-    images, captions, _ = sample_batch(n, np.random.default_rng([seed, 7, index]), size=size, split=split)
+    images, captions, _ = sample_batch(n, np.random.default_rng([seed, 7, index]), size=size, split=split,
+                                       partial=partial)
     ids = tokenize(tokenizer_dir, captions) if tokenizer_dir else None
     return images, captions, ids

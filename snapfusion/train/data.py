@@ -35,9 +35,10 @@ __all__ = ["draw_pool", "save_pool", "load_pool", "get_pool", "WorldData", "Worl
            "to_uint8_images", "make_world_data", "DATA_DEFAULTS"]
 
 #: Keys of a recipe's ``data`` section: pool folder (None: fresh draws), its size, seed and
-#: drawing processes, and the image side.
+#: drawing processes, the image side, and the probability of partial captions (background,
+#: each object's size left out: :func:`snapfusion.data.sample_batch`).
 DATA_DEFAULTS: dict[str, Any] = {"pool_dir": None, "pool_size": 0, "pool_seed": 0, "pool_workers": 0,
-                                 "image_size": 64}
+                                 "image_size": 64, "partial_captions": 0.0}
 
 # Pools already loaded / moved to a device in this process (the one-shot script runs every
 # stage in one process and would otherwise re-read and re-tokenize the pool per stage).
@@ -63,8 +64,8 @@ def tokenizer_fingerprint(tokenizer_dir: str | os.PathLike[str]) -> str:
 
 
 def draw_pool(n: int, seed: int = 0, size: int = 64, workers: int = 0, chunk: int = 2048,
-              split: str = "train", progress: bool = True, tokenizer_dir: str | None = None
-              ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+              split: str = "train", progress: bool = True, tokenizer_dir: str | None = None,
+              partial: float = 0.0) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """Draw ``n`` world samples (chunk ``i`` from seed ``[seed, 7, i]``: independent of ``workers``).
 
     Args:
@@ -76,6 +77,7 @@ def draw_pool(n: int, seed: int = 0, size: int = 64, workers: int = 0, chunk: in
         split: world split.
         progress: tqdm bar.
         tokenizer_dir: also tokenize the captions (in the workers) with this tokenizer.
+        partial: probability of partial captions (``sample_batch``).
 
     Returns:
         ``(images, captions, ids)``: uint8 ``[n, size, size, 3]``, ``n`` strings and int32
@@ -84,7 +86,8 @@ def draw_pool(n: int, seed: int = 0, size: int = 64, workers: int = 0, chunk: in
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"pool size must be a positive int, got {n!r}")
     tdir = str(tokenizer_dir) if tokenizer_dir else None
-    jobs = [(min(chunk, n - i), seed, k, size, split, tdir) for k, i in enumerate(range(0, n, chunk))]
+    jobs = [(min(chunk, n - i), seed, k, size, split, tdir, float(partial))
+            for k, i in enumerate(range(0, n, chunk))]
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     captions: list[str] = []
     id_chunks: list[np.ndarray] = []
@@ -157,22 +160,24 @@ def load_pool(folder: str | os.PathLike[str]) -> tuple[np.ndarray, list[str], di
 
 
 def get_pool(folder: str | os.PathLike[str], n: int, seed: int = 0, size: int = 64, workers: int = 0,
-             progress: bool = True, tokenizer_dir: str | None = None
+             progress: bool = True, tokenizer_dir: str | None = None, partial: float = 0.0
              ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
-    """Load the pool in ``folder`` if it matches ``(n, seed, size)``, else draw and save it.
+    """Load the pool in ``folder`` if it matches ``(n, seed, size, partial)``, else draw and save it.
 
     With ``tokenizer_dir`` the pool also carries token ids of that tokenizer (computed by the
     drawing workers, or now if the stored pool lacks them).
     """
     fp = tokenizer_fingerprint(tokenizer_dir) if tokenizer_dir else None
-    key = (str(Path(folder).resolve()), int(n), int(seed), int(size), fp)
+    key = (str(Path(folder).resolve()), int(n), int(seed), int(size), fp, float(partial))
     if key in _HOST_POOLS:
         return _HOST_POOLS[key]
-    meta = {"n": n, "seed": seed, "size": size, "split": "train"}
+    meta: dict[str, Any] = {"n": n, "seed": seed, "size": size, "split": "train"}
+    if partial:  # pools without partial captions keep the metadata they always had
+        meta["partial_captions"] = float(partial)
     ids = None
     try:
         images, captions, old = load_pool(folder)
-        if {k: old.get(k) for k in meta} != meta:
+        if {k: old.get(k) for k in meta} != meta or float(old.get("partial_captions", 0.0)) != float(partial):
             raise ValueError("pool settings changed")
         if fp is not None:
             if old.get("tokenizer") == fp and (Path(folder) / _POOL_IDS).is_file():
@@ -182,7 +187,7 @@ def get_pool(folder: str | os.PathLike[str], n: int, seed: int = 0, size: int = 
                 save_pool(folder, images, captions, {**meta, "tokenizer": fp}, ids)
     except (OSError, ValueError):
         images, captions, ids = draw_pool(n, seed, size, workers=workers, progress=progress,
-                                          tokenizer_dir=tokenizer_dir)
+                                          tokenizer_dir=tokenizer_dir, partial=partial)
         save_pool(folder, images, captions, {**meta, "tokenizer": fp}, ids)
     _HOST_POOLS[key] = (images, captions, ids)
     return images, captions, ids
@@ -235,11 +240,13 @@ class WorldData:
         pool: optional ``(images, captions)`` or ``(images, captions, ids)`` pool (ids: int
             ``[N, L]`` from this tokenizer, or None).
         size: image side of fresh draws.
+        partial: probability of partial captions in fresh draws (``sample_batch``).
     """
 
     def __init__(self, tokenizer: Any, seed: int = 0, rank: int = 0, device: torch.device | str = "cpu",
-                 pool: tuple[Any, ...] | None = None, size: int = 64) -> None:
+                 pool: tuple[Any, ...] | None = None, size: int = 64, partial: float = 0.0) -> None:
         self.tokenizer = tokenizer
+        self.partial = float(partial)
         self.seed = int(seed)
         self.rank = int(rank)
         self.device = torch.device(device)
@@ -282,7 +289,7 @@ class WorldData:
             return WorldBatch(self.pool_images[idx], self.pool_ids[idx].long(), idx, None)
         from snapfusion.data import sample_batch
 
-        images, captions, _ = sample_batch(n, rng, size=self.size, split="train")
+        images, captions, _ = sample_batch(n, rng, size=self.size, split="train", partial=self.partial)
         return WorldBatch(torch.from_numpy(images).to(self.device), self.tokenize(captions), None, captions)
 
     def drop_captions(self, ids: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
@@ -301,18 +308,23 @@ def make_world_data(tokenizer: Any, data: dict[str, Any] | None, seed: int, rank
     ``tokenizer_dir`` (the folder ``tokenizer`` was read from) lets the pool store token ids.
 
     Raises:
-        ValueError: unknown keys or a pool folder without a positive size.
+        ValueError: unknown keys, a pool folder without a positive size, or a partial-caption
+            probability outside [0, 1].
     """
     cfg = dict(DATA_DEFAULTS)
     bad = set(data or {}) - set(DATA_DEFAULTS)
     if bad:
         raise ValueError(f"unknown data keys {sorted(bad)} (known: {sorted(DATA_DEFAULTS)})")
     cfg.update(data or {})
+    partial = cfg["partial_captions"]
+    if isinstance(partial, bool) or not isinstance(partial, (int, float)) or not 0.0 <= partial <= 1.0:
+        raise ValueError(f"data.partial_captions must be a probability in [0, 1], got {partial!r}")
     pool = None
     if cfg["pool_dir"]:
         if int(cfg["pool_size"]) < 1:
             raise ValueError("data.pool_size must be positive when data.pool_dir is set")
         pool = get_pool(cfg["pool_dir"], int(cfg["pool_size"]), seed=int(cfg["pool_seed"]),
                         size=int(cfg["image_size"]), workers=int(cfg["pool_workers"]), progress=progress,
-                        tokenizer_dir=tokenizer_dir)
-    return WorldData(tokenizer, seed=seed, rank=rank, device=device, pool=pool, size=int(cfg["image_size"]))
+                        tokenizer_dir=tokenizer_dir, partial=float(partial))
+    return WorldData(tokenizer, seed=seed, rank=rank, device=device, pool=pool, size=int(cfg["image_size"]),
+                     partial=float(partial))

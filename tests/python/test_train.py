@@ -121,6 +121,33 @@ def test_learn_bpe_rejects_bad_input() -> None:
 # ----------------------------------------------------------------------------- base models
 
 
+def test_pool_with_partial_captions(parts: dict[str, Any], tmp_path: Path) -> None:
+    """``data.partial_captions`` draws pools (and fresh batches) whose captions sometimes leave
+    out the background or a size; the setting is part of the pool's identity, so a stored pool
+    drawn with another setting is drawn again, never silently reused."""
+    import json
+
+    from snapfusion.data import parse_caption
+    from snapfusion.tokenizer import CLIPTokenizer
+    from snapfusion.train.data import get_pool, make_world_data
+
+    tok = CLIPTokenizer.from_pretrained(parts["tok"])
+    folder = tmp_path / "pool"
+    _, plain, _ = get_pool(folder, 64, seed=2, size=16)
+    assert all(parse_caption(c).background is not None for c in plain)
+    assert "partial_captions" not in json.loads((folder / "pool_meta.json").read_text())
+    _, partial, _ = get_pool(folder, 64, seed=2, size=16, partial=0.5)
+    assert json.loads((folder / "pool_meta.json").read_text())["partial_captions"] == 0.5
+    assert sum(parse_caption(c).background is None for c in partial) > 10
+    assert get_pool(folder, 64, seed=2, size=16)[1] == plain  # drawn again without partial captions
+    fresh = make_world_data(tok, {"image_size": 16, "partial_captions": 1.0}, seed=0, rank=0, device="cpu")
+    caps = fresh.batch(0, 8).captions
+    assert caps and all(parse_caption(c).background is None for c in caps)
+    for bad in (-0.5, 2.0, "x", True):
+        with pytest.raises(ValueError, match="partial_captions"):
+            make_world_data(tok, {"partial_captions": bad}, seed=0, rank=0, device="cpu")
+
+
 def test_base_model_losses_fall(parts: dict[str, Any]) -> None:
     s = parts["summaries"]
     _falls(s["clip"])
@@ -791,7 +818,8 @@ def test_one_shot_more_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureF
                            (["--teacher-more", "2,0", "--redistill", "1"], "> 0 minutes"),
                            (["--teacher-more", "2,x", "--redistill", "1"], "comma-separated"),
                            (["--teacher-more", "0", "--redistill", "1"], "go together"),
-                           (["--distill-more", "-2"], ">= 0")):
+                           (["--distill-more", "-2"], ">= 0"),
+                           (["--partial-captions", "1.5"], "probability")):
         with pytest.raises(SystemExit) as exc:
             mod.main(base + extra)
         assert exc.value.code == 2

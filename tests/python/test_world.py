@@ -37,6 +37,7 @@ from snapfusion.data import (
     spec_from_scene,
 )
 from snapfusion.data.captions import FULL_TEMPLATES_ONE, TEMPLATES_ONE, TEMPLATES_TWO
+from snapfusion.data.scene import INVERSE_RELATION
 from snapfusion.data.world import GAP, MARGIN
 
 
@@ -260,6 +261,46 @@ def test_parse_rejects_non_strings():
     for bad in (None, 3, b"a red circle", ["a red circle"]):
         with pytest.raises(TypeError):
             parse_caption(bad)  # type: ignore[arg-type]
+
+
+def test_partial_captions():
+    """Partial captions leave out the background and per-object sizes, parse back to exactly
+    what they state, are true of the image they were drawn with, and cost nothing by
+    default: partial=0 draws the very captions of earlier versions."""
+    rng = np.random.default_rng(1)
+    _, _, scenes = sample_batch(200, 9, split="any")
+    ones = [s for s in scenes if len(s.objects) == 1][:30]
+    twos = [s for s in scenes if len(s.objects) == 2][:30]
+    for s in ones + twos:
+        want = spec_from_scene(s)
+        for no_bg in (False, True):
+            for no_size in ([False] * len(s.objects), [True] * len(s.objects), [True] + [False] * (len(s.objects) - 1)):
+                cap = describe(s, rng, omit_size=no_size, omit_background=no_bg)
+                assert cap.isascii() and ",," not in cap.replace(" ", "") and not cap.endswith(","), cap
+                spec = parse_caption(cap)
+                assert (spec.background is None) == no_bg, cap
+                same_order = (spec.objects[0].shape, spec.objects[0].color) == (want.objects[0].shape,
+                                                                                 want.objects[0].color)
+                relation = spec.relation if same_order or spec.relation is None else INVERSE_RELATION[spec.relation]
+                assert relation == want.relation and spec.region in (None, want.region), cap
+                got = {(o.shape, o.color): o.size for o in spec.objects}
+                for o, omitted in zip(want.objects, no_size):
+                    assert got[(o.shape, o.color)] == (None if omitted else o.size), cap
+    with pytest.raises(ValueError, match="entries"):
+        describe(twos[0], rng, omit_size=[True])
+    images, captions, scenes = sample_batch(300, 5, split="train", partial=0.5)
+    specs = [parse_caption(c) for c in captions]
+    n_bg = sum(sp.background is None for sp in specs)
+    n_size = sum(o.size is None for sp in specs for o in sp.objects)
+    n_obj = sum(len(sp.objects) for sp in specs)
+    assert 0.4 < n_bg / len(specs) < 0.6 and 0.4 < n_size / n_obj < 0.6, (n_bg, n_size, n_obj)
+    assert accuracy(images, captions)["overall"] == 1.0
+    base = sample_batch(50, 5, split="train")
+    assert base[1] == sample_batch(50, 5, split="train", partial=0.0)[1]
+    assert all(parse_caption(c).background is not None for c in base[1])
+    for bad in (-0.1, 1.5, True, "0.2", float("nan")):
+        with pytest.raises(ValueError, match="partial"):
+            sample_batch(2, 0, partial=bad)
 
 
 def test_eval_prompts_are_fully_specified():
