@@ -110,8 +110,10 @@ def test_memory_flat_over_many_calls() -> None:
         traced_growth = tracemalloc.get_traced_memory()[0] - traced_before
     finally:
         tracemalloc.stop()
-    # One leaked small array per call would be >= 29 * 10,000 * ~100 bytes = 29 MB.
-    assert rss_growth < 4 * 2**20, f"RSS grew by {rss_growth / 2**20:.1f} MiB"
+    # One leaked small array per call would be >= 29 * 10,000 * ~100 bytes = 29 MB. RSS also
+    # moves with the allocator's arenas (4.3 MiB once, with another test suite running beside
+    # this one); the traced-memory bound below is the precise one.
+    assert rss_growth < 8 * 2**20, f"RSS grew by {rss_growth / 2**20:.1f} MiB"
     assert traced_growth < 256 * 2**10, f"traced memory grew by {traced_growth} bytes"
     refs_after = {k: sys.getrefcount(v) for k, v in inputs.items()}
     assert refs_after == refs_before
