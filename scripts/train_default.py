@@ -667,14 +667,15 @@ def main(argv: list[str] | None = None) -> int:
         from snapfusion.train.evolution import prune_like
 
         last = len(args.teacher_more) - 1
+        d = data_more(last)
         teacher = str(out / more_name(last) / "unet")
         init = prune_like(teacher, paths["evolved"], out / "redistill" / "init")
         tcfg = _train_cfg(prof, "distill", 60.0 * args.redistill, seed + 4, overhead, log_every)
         tcfg.update(lr=2.0 * tcfg["lr"], ema_decay=min(0.995, float(tcfg.get("ema_decay", 0.995))))
         cfg = DistillRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
                                   teacher=teacher, student=str(init), out=str(out / "redistill"),
-                                  data=data_more(last), train=tcfg)
-        summary = distill(cfg, args.device, progress, world=world(data_more(last)))
+                                  data=d, train=tcfg)
+        summary = distill(cfg, args.device, progress, world=world(d))
         more = ",".join(f"{m:g}" for m in args.teacher_more)
         return reexport(summary, str(out / "redistill" / "unet"),
                         f"--teacher-more {more} --redistill {args.redistill:g}",

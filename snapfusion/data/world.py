@@ -340,6 +340,13 @@ def draw_scenes(scenes: Sequence[Scene], size: int = 64, ss: int = 4) -> np.ndar
     return out
 
 
+def check_probability(value: object, name: str) -> float:
+    """``value`` as a float in [0, 1]; ValueError naming ``name`` otherwise (bools, strings, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
 def sample_batch(
     n: int,
     rng: int | np.random.Generator,
@@ -373,8 +380,7 @@ def sample_batch(
     _check_size(size, ss)
     if n * size * size * 3 > _MAX_BATCH_BYTES:
         raise ValueError(f"batch of {n} images of {size}x{size} is too large")
-    if isinstance(partial, bool) or not isinstance(partial, (int, float)) or not 0.0 <= partial <= 1.0:
-        raise ValueError(f"partial must be a probability in [0, 1], got {partial!r}")
+    partial = check_probability(partial, "partial")
     gen = make_rng(rng, split)
     full = split in ("eval", "heldout")
     scenes: list[Scene] = []
@@ -382,12 +388,10 @@ def sample_batch(
     for _ in range(n):
         scene = sample_scene(gen, split)
         scenes.append(scene)
-        if partial > 0.0:
-            no_bg = bool(gen.random() < partial)
-            no_size = [bool(gen.random() < partial) for _ in scene.objects]
-            captions.append(describe(scene, gen, full=full, omit_size=no_size, omit_background=no_bg))
-        else:
-            captions.append(describe(scene, gen, full=full))
+        # draw the omissions only when asked: partial=0 keeps the generator's sequence
+        no_bg = bool(gen.random() < partial) if partial else False
+        no_size = [bool(gen.random() < partial) for _ in scene.objects] if partial else False
+        captions.append(describe(scene, gen, full=full, omit_size=no_size, omit_background=no_bg))
     return draw_scenes(scenes, size, ss), captions, scenes
 
 

@@ -171,13 +171,13 @@ def get_pool(folder: str | os.PathLike[str], n: int, seed: int = 0, size: int = 
     key = (str(Path(folder).resolve()), int(n), int(seed), int(size), fp, float(partial))
     if key in _HOST_POOLS:
         return _HOST_POOLS[key]
-    meta: dict[str, Any] = {"n": n, "seed": seed, "size": size, "split": "train"}
-    if partial:  # pools without partial captions keep the metadata they always had
-        meta["partial_captions"] = float(partial)
+    base = {"n": n, "seed": seed, "size": size, "split": "train"}
+    # pools without partial captions keep the metadata they always had
+    meta: dict[str, Any] = {**base, "partial_captions": float(partial)} if partial else base
     ids = None
     try:
         images, captions, old = load_pool(folder)
-        if {k: old.get(k) for k in meta} != meta or float(old.get("partial_captions", 0.0)) != float(partial):
+        if {k: old.get(k) for k in base} != base or float(old.get("partial_captions", 0.0)) != float(partial):
             raise ValueError("pool settings changed")
         if fp is not None:
             if old.get("tokenizer") == fp and (Path(folder) / _POOL_IDS).is_file():
@@ -316,15 +316,15 @@ def make_world_data(tokenizer: Any, data: dict[str, Any] | None, seed: int, rank
     if bad:
         raise ValueError(f"unknown data keys {sorted(bad)} (known: {sorted(DATA_DEFAULTS)})")
     cfg.update(data or {})
-    partial = cfg["partial_captions"]
-    if isinstance(partial, bool) or not isinstance(partial, (int, float)) or not 0.0 <= partial <= 1.0:
-        raise ValueError(f"data.partial_captions must be a probability in [0, 1], got {partial!r}")
+    from snapfusion.data.world import check_probability
+
+    partial = check_probability(cfg["partial_captions"], "data.partial_captions")
     pool = None
     if cfg["pool_dir"]:
         if int(cfg["pool_size"]) < 1:
             raise ValueError("data.pool_size must be positive when data.pool_dir is set")
         pool = get_pool(cfg["pool_dir"], int(cfg["pool_size"]), seed=int(cfg["pool_seed"]),
                         size=int(cfg["image_size"]), workers=int(cfg["pool_workers"]), progress=progress,
-                        tokenizer_dir=tokenizer_dir, partial=float(partial))
+                        tokenizer_dir=tokenizer_dir, partial=partial)
     return WorldData(tokenizer, seed=seed, rank=rank, device=device, pool=pool, size=int(cfg["image_size"]),
-                     partial=float(partial))
+                     partial=partial)
