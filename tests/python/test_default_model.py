@@ -114,3 +114,22 @@ def test_unet_macs_rejects_bad_sizes(model: Path) -> None:
     for bad in ((7, 64), (64, -4), (0, 64), (64, 8196), (True, 64), ("64", 64), (64.0, 64)):
         with pytest.raises(ValueError, match="must be a multiple of 4"):
             pipe.unet_macs(*bad)
+
+
+def test_prompt_accuracy_script(capsys: pytest.CaptureFixture[str]) -> None:
+    """scripts/prompt_accuracy.py (the README's table of prompts in and out of the world's
+    grammar) counts the seeds the checker accepts, and refuses prompts it cannot check."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "prompt_accuracy.py"
+    spec = importlib.util.spec_from_file_location("prompt_accuracy_script", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([PROMPT, "--seeds", "1", "--threads", "1"]) == 0
+    assert f'| "{PROMPT}" | 1 of 1 |' in capsys.readouterr().out  # the pinned prompt and seed above
+    for bad, message in ((["a red hexagon"], "grammar"), ([PROMPT, "--seeds", "0"], ">= 1")):
+        with pytest.raises(SystemExit) as exc:
+            mod.main(bad)
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
