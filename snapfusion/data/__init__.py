@@ -18,6 +18,7 @@ from snapfusion.data.captions import (
     describe,
     mutate_spec,
     parse_caption,
+    partial_caption,
     spec_from_scene,
 )
 from snapfusion.data.checker import CheckResult, DetectedObject, Detection, accuracy, check, detect
@@ -70,6 +71,7 @@ __all__ = [
     "make_rng",
     "mutate_spec",
     "parse_caption",
+    "partial_caption",
     "render_grid",
     "sample_batch",
     "sample_scene",

@@ -310,6 +310,37 @@ def describe(
     return _fix_articles(text)
 
 
+def partial_caption(caption: str, rng: np.random.Generator, p: float) -> str:
+    """A partial paraphrase of a fully stated caption (what ``sample_batch(partial=p)`` writes).
+
+    The background is left out with probability ``p`` and, independently, each object's size
+    with probability ``p``; a region the caption states is kept. When nothing is left out, the
+    caption is returned unchanged.
+
+    Args:
+        caption: A caption stating every object's size and the background.
+        rng: Source of the omissions and of the paraphrase.
+        p: Omission probability in [0, 1].
+
+    Returns:
+        A caption that :func:`parse_caption` maps to the same attributes, minus those left out.
+
+    Raises:
+        ValueError: If ``p`` is not a probability, or the caption does not parse or leaves out
+            a size or the background already.
+    """
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+    spec = parse_caption(caption)
+    if spec.background is None or any(o.size is None or o.color is None for o in spec.objects):
+        raise ValueError(f"not a fully stated caption: {caption!r}")
+    no_bg = bool(rng.random() < p)
+    no_size = [bool(rng.random() < p) for _ in spec.objects]
+    if not no_bg and not any(no_size):
+        return caption
+    return describe(spec, rng, full=spec.region is not None, omit_size=no_size, omit_background=no_bg)
+
+
 MUTABLE_ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "position", "background", "count")
 
 

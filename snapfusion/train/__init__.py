@@ -11,6 +11,8 @@ Recipes (each a module with a ``main`` command line, run as
 * ``robust`` -- robust training with stochastic forward propagation (block dropping);
 * ``evolve`` -- architecture evolution against an engine-measured latency lookup table;
 * ``distill`` -- step distillation (vanilla + CFG-aware) to an 8-step student;
+* ``partial`` -- partial-caption tuning (self-distillation over captions that leave the size or
+  background out);
 * ``decoder`` -- channel-reduced VAE decoder distilled on teacher-generated latents;
 * ``export`` -- a diffusers-layout pipeline folder for :class:`snapfusion.Pipeline`;
 * ``latency`` -- measure the per-block latency table with the C engine.
@@ -21,7 +23,7 @@ See ``docs/training.md``.
 
 from __future__ import annotations
 
-RECIPES = ("tokenizer", "clip", "vae", "teacher", "robust", "evolve", "distill", "decoder", "export",
+RECIPES = ("tokenizer", "clip", "vae", "teacher", "robust", "evolve", "distill", "partial", "decoder", "export",
            "latency", "report")
 
 __all__ = ["RECIPES"]

@@ -8,7 +8,7 @@ import sys
 from . import RECIPES
 
 _MODULES = {"tokenizer": "tokenizer", "clip": "clip", "vae": "vae", "teacher": "teacher", "robust": "robust",
-            "evolve": "evolution", "distill": "distill", "decoder": "decoder", "export": "export",
+            "evolve": "evolution", "distill": "distill", "partial": "partial", "decoder": "decoder", "export": "export",
             "latency": "latency", "report": "report"}
 
 

@@ -255,8 +255,10 @@ class WorldData:
         self.empty_ids = torch.as_tensor(tokenizer([""]), dtype=torch.long, device=self.device)
         self.pool_images: torch.Tensor | None = None
         self.pool_ids: torch.Tensor | None = None
+        self.pool_captions: Sequence[str] | None = None
         if pool is not None:
             images, captions = pool[0], pool[1]
+            self.pool_captions = captions
             given = pool[2] if len(pool) > 2 else None
             if len(images) != len(captions) or len(captions) == 0:
                 raise ValueError("pool images and captions must be non-empty and of equal length")

@@ -31,6 +31,7 @@ from snapfusion.data import (
     eval_prompts,
     mutate_spec,
     parse_caption,
+    partial_caption,
     render_grid,
     sample_batch,
     shape_coverage,
@@ -301,6 +302,39 @@ def test_partial_captions():
     for bad in (-0.1, 1.5, True, "0.2", float("nan")):
         with pytest.raises(ValueError, match="partial"):
             sample_batch(2, 0, partial=bad)
+
+
+def test_partial_caption_rewrites_full_captions():
+    """partial_caption leaves out what it drew, keeps everything else, is still true of the
+    image, returns the caption itself when nothing is left out, and rejects bad input."""
+    images, captions, scenes = sample_batch(120, 4, split="train")
+    rng = np.random.default_rng(2)
+    parts = [partial_caption(c, rng, 0.5) for c in captions]
+    n_bg = n_size = n_obj = 0
+    for full, part in zip(captions, parts):
+        a, b = parse_caption(full).canonical(), parse_caption(part).canonical()
+        n_bg += b.background is None
+        assert b.background in (None, a.background) and b.relation == a.relation and b.region == a.region
+        assert [(o.shape, o.color) for o in a.objects] == [(o.shape, o.color) for o in b.objects], (full, part)
+        for oa, ob in zip(a.objects, b.objects):
+            assert ob.size in (None, oa.size)
+            n_size += ob.size is None
+            n_obj += 1
+        if part == full:
+            continue
+        assert b.background is None or any(o.size is None for o in b.objects), (full, part)
+    assert 0.35 < n_bg / len(parts) < 0.65 and 0.35 < n_size / n_obj < 0.65, (n_bg, n_size, n_obj)
+    assert accuracy(images, parts)["overall"] == 1.0
+    assert [partial_caption(c, rng, 0.0) for c in captions] == captions
+    for c in [partial_caption(c, rng, 1.0) for c in captions[:20]]:
+        spec = parse_caption(c)
+        assert spec.background is None and all(o.size is None for o in spec.objects), c
+    for bad in (-0.1, 1.5, True, "0.2", float("nan")):
+        with pytest.raises(ValueError, match="probability"):
+            partial_caption(captions[0], rng, bad)
+    for not_full in ("a red circle above a small blue square", "a big red circle on the left", "hello"):
+        with pytest.raises(ValueError):
+            partial_caption(not_full, rng, 0.5)
 
 
 def test_eval_prompts_are_fully_specified():
