@@ -107,8 +107,9 @@ DEVICE ?= cpu
 MORE ?= 0
 TEACHER_MORE ?= 0
 REDISTILL ?= 0
+PARTIAL_TUNE ?= 0
 train-default: build
-	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/train_default.py --out build/train-default --device $(DEVICE) --budget-minutes $(BUDGET) --distill-more $(MORE) --teacher-more $(TEACHER_MORE) --redistill $(REDISTILL) --ship
+	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/train_default.py --out build/train-default --device $(DEVICE) --budget-minutes $(BUDGET) --distill-more $(MORE) --teacher-more $(TEACHER_MORE) --redistill $(REDISTILL) --partial-tune $(PARTIAL_TUNE) --ship
 
 bench: build
 	$(PY) benchmarks/bench_ops.py

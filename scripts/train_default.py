@@ -21,7 +21,9 @@ Chain (each stage a recipe of ``snapfusion.train``, all in this process):
   pool, rebuilds the evolved student from the new teacher's weights and distils it R minutes
   (the teacher is what limits the student: docs/training.md). ``--teacher-more M1,M2`` trains
   it in continuations, each on its own fresh pool at 3/4 of the previous learning rate; the
-  student is then distilled on the last pool. Each re-exports ``DIR/model``.
+  student is then distilled on the last pool. ``--partial-tune M`` then tunes the final student
+  M minutes on partial captions (``snapfusion.train.partial``: prompts that leave out sizes or
+  the background). Each re-exports ``DIR/model``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 STAGES = ("tokenizer", "pool", "clip", "vae", "teacher", "robust", "evolve", "distill", "decoder", "export",
-          "distill_more", "teacher_more", "redistill")
+          "distill_more", "teacher_more", "redistill", "partial_tune")
 #: Share of the remaining time per training stage (tokenizer and pool take what they need; the
 #: export stage, with the final evaluation, gets the fixed EXPORT_RESERVE).
 SHARES = {"clip": 0.07, "vae": 0.12, "teacher": 0.40, "robust": 0.07, "evolve": 0.12, "distill": 0.15,
@@ -341,13 +343,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="probability that a pool caption leaves out the background, and that it leaves out "
                         "each object's size (so the model learns prompts that do not state them; pools drawn "
                         "with another value are drawn again)")
+    p.add_argument("--partial-tune", type=float, default=0.0, metavar="MINUTES",
+                   help="last, tune the final student MINUTES on partial captions (self-distillation: its "
+                        "full-caption predictions are the targets for paraphrases that leave out sizes or the "
+                        "background) and export it again; needs a pool of full captions")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--ship", action="store_true",
                    help="at the end, copy the model into snapfusion/models/ (the package's default) and the "
                         "world CLIP evaluator (fp16) into snapfusion/models/world_clip/")
     args = p.parse_args(argv)
-    if min(args.distill_more, args.redistill, *args.teacher_more) < 0:
-        p.error("--distill-more, --teacher-more and --redistill must be >= 0 minutes")
+    if min(args.distill_more, args.redistill, args.partial_tune, *args.teacher_more) < 0:
+        p.error("--distill-more, --teacher-more, --redistill and --partial-tune must be >= 0 minutes")
     if args.teacher_more == [0.0]:
         args.teacher_more = []
     if 0.0 in args.teacher_more:
@@ -356,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--teacher-more and --redistill go together: a new teacher needs a new student")
     if not 0.0 <= args.partial_captions <= 1.0:
         p.error("--partial-captions must be a probability in [0, 1]")
+    if args.partial_tune > 0 and args.partial_captions > 0:
+        p.error("--partial-tune rewrites full captions: it cannot use a pool drawn with --partial-captions")
     if not args.budget_minutes > 0:
         p.error("--budget-minutes must be positive")
 
@@ -681,6 +689,25 @@ def main(argv: list[str] | None = None) -> int:
                         f"--teacher-more {more} --redistill {args.redistill:g}",
                         teacher_more_minutes=sum(args.teacher_more), redistill_minutes=args.redistill)
 
+    def st_partial_tune(_: float) -> dict[str, Any]:
+        # the final student learns prompts that leave out sizes or the background, with its own
+        # full-caption predictions as targets, on the pool its last distillation used
+        from snapfusion.train.partial import PartialRecipeConfig, tune_partial
+
+        if args.teacher_more:
+            unet, d = str(out / "redistill" / "unet"), data_more(len(args.teacher_more) - 1)
+        elif args.distill_more > 0:
+            unet, d = str(out / "distill_more" / "unet"), data
+        else:
+            unet, d = paths["student"], data
+        tcfg = _train_cfg(prof, "distill", 60.0 * args.partial_tune, seed + 6, overhead, log_every)
+        tcfg.update(ema_decay=min(0.998, float(tcfg.get("ema_decay", 0.998))))
+        cfg = PartialRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
+                                  unet=unet, out=str(out / "partial_tune"), data=d, train=tcfg)
+        summary = tune_partial(cfg, args.device, progress, world=world(d))
+        return reexport(summary, str(out / "partial_tune" / "unet"), f"--partial-tune {args.partial_tune:g}",
+                        partial_tune_minutes=args.partial_tune)
+
     t_all = time.perf_counter()
     run.run_stage("tokenizer", st_tokenizer)
     run.run_stage("pool", st_pool)
@@ -699,6 +726,9 @@ def main(argv: list[str] | None = None) -> int:
         run.run_stage(more_name(k), st_teacher_more(k))
     if args.teacher_more:
         more = run.run_stage("redistill", st_redistill)
+        final = {**final, "bytes": more.get("bytes")}
+    if args.partial_tune > 0:
+        more = run.run_stage("partial_tune", st_partial_tune)
         final = {**final, "bytes": more.get("bytes")}
     if args.ship:
         ship(Path(paths["model"]), Path(paths["clip"]))

@@ -490,6 +490,61 @@ def test_distill_recipe_loss_falls(parts: dict[str, Any], tmp_path: Path) -> Non
     assert math.isfinite(res["final_loss"]) and res["final_loss"] < res["first_loss"], res
 
 
+def test_partial_tuning_targets(parts: dict[str, Any]) -> None:
+    from snapfusion.nn import UNet2DConditionModel
+    from snapfusion.train.partial import PartialRecipeConfig, partial_captions_batch, partial_loss
+
+    world = _latent_world(parts)
+    model = UNet2DConditionModel.from_pretrained(parts["teacher"])
+    b = world.data.batch(0, 8)
+    z0 = world.latents[b.index]
+    captions = [world.data.pool_captions[i] for i in b.index.tolist()]
+    partial_ids = world.data.tokenize(partial_captions_batch(captions, np.random.default_rng(0), 1.0))
+    # the full captions as input: the model is its own reference
+    loss, logs = partial_loss(model, model, world, z0, b.ids, b.ids, 0, 0, PartialRecipeConfig(caption_dropout=0.5))
+    assert float(loss.detach()) < 1e-10 and float(logs["partial"]) == 0.0
+    # every caption dropped: both sides see the empty caption
+    loss, logs = partial_loss(model, model, world, z0, b.ids, partial_ids, 0, 0,
+                              PartialRecipeConfig(caption_dropout=1.0))
+    assert float(loss.detach()) < 1e-10 and float(logs["partial"]) == 0.0
+    # partial captions: a real loss, and it reaches every parameter the text reaches
+    loss, logs = partial_loss(model, model, world, z0, b.ids, partial_ids, 0, 0,
+                              PartialRecipeConfig(caption_dropout=0.0))
+    assert float(loss.detach()) > 0 and float(logs["partial"]) == 1.0
+    loss.backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for n, p in model.named_parameters()
+               if "attn2.to_k" in n or "attn2.to_v" in n)
+
+
+def test_partial_recipe(parts: dict[str, Any], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from snapfusion.train.partial import PartialRecipeConfig, tune_partial
+
+    def cfg(out: str, **kw: Any) -> Any:
+        base = dict(tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], unet=parts["teacher"],
+                    out=str(tmp_path / out), partial_captions=1.0, caption_dropout=0.0, data=parts["data"],
+                    train=_train(batch_size=8, max_steps=30, lr=2e-3))
+        base.update(kw)
+        return PartialRecipeConfig(**base)
+
+    _falls(tune_partial(cfg("all"), progress=False))
+    res = tune_partial(cfg("attn2", trainable=["attn2"], train=_train(batch_size=8, max_steps=4, lr=2e-3)),
+                       progress=False)
+    before = load_file(str(Path(parts["teacher"]) / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(tmp_path / "attn2" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert before.keys() == after.keys() and res["tuned_params"] < sum(v.numel() for v in before.values())
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("attn2" in k for k in changed), sorted(changed)
+    with pytest.raises(ValueError, match="no parameter"):
+        tune_partial(cfg("none", trainable=["no_such_layer"]), progress=False)
+    with pytest.raises(ValueError, match="pool"):
+        tune_partial(cfg("nopool", data={"image_size": 16}), progress=False)
+    for bad in ({"partial_captions": 1.5}, {"caption_dropout": -1.0}, {"steps": -1}, {"trainable": "attn2"}):
+        with pytest.raises(ValueError):
+            tune_partial(cfg("bad", **bad), progress=False)
+
+
 def test_foreground_weight_marks_objects() -> None:
     from snapfusion.data import draw_scenes, eval_prompts
     from snapfusion.train.vae import foreground_weight, weighted_mean
@@ -595,6 +650,42 @@ def test_decoder_init_and_target_cache(parts: dict[str, Any]) -> None:
     assert torch.allclose(cache.float(), ref, atol=4e-3)
     assert _target_cache(world, world.vae, lat, 1e-6, False) is None
     assert _target_cache(world, world.vae, lat, 0.0, False) is None
+
+
+def test_decoder_real_target(parts: dict[str, Any]) -> None:
+    """With real_target the latents of real images are trained against the images themselves."""
+    from snapfusion.nn import AutoencoderKL
+    from snapfusion.train.common import setup_env
+    from snapfusion.train.data import to_float_images
+    from snapfusion.train.decoder import DecoderRecipeConfig, distill_decoder
+    from snapfusion.train.world import LatentWorld
+
+    kw = dict(tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], teacher=parts["teacher"],
+              n_latents=8, gen_steps=2, gen_batch=8, data=parts["data"], decoder_groups=4)
+    first = parts["root"] / "decoder_rt_init"
+    distill_decoder(DecoderRecipeConfig(out=str(first), **kw, train=_train(batch_size=4, max_steps=3, lr=3e-3)),
+                    progress=False)
+    # lr 0, one step, every latent real: the logged loss is the init decoder's against the images
+    res = distill_decoder(DecoderRecipeConfig(
+        out=str(parts["root"] / "decoder_rt"), init=str(first / "vae"), real_fraction=1.0, real_target=True, **kw,
+        train=_train(batch_size=4, max_steps=1, lr=0.0, ema_decay=0.0, log_every=1)), progress=False)
+    world = LatentWorld(parts["tok"], parts["te"], parts["vae"], setup_env("cpu"), parts["data"], seed=707,
+                        bf16=False, progress=False)  # the recipe's world (seed + 707)
+    z, _ = world.batch(0, 4, stream=13)
+    real = to_float_images(world.data.batch(0, 4, stream=13).images)
+    with torch.no_grad():
+        x = AutoencoderKL.from_pretrained(first / "vae").decode(z / world.scaling_factor).float()
+        recon = world.vae.decode(z / world.scaling_factor).float()
+
+    def loss(target: torch.Tensor) -> float:
+        return float((x - target).abs().mean() + (x - target).pow(2).mean())
+
+    assert res["first_loss"] == pytest.approx(loss(real), rel=1e-4)
+    assert abs(loss(recon) - loss(real)) > 1e-3  # the original decoder's images would give another loss
+    assert 0.0 < res["psnr_vs_real_images"] < 100.0 and 0.0 < res["psnr_original_vs_real_images"] < 100.0
+    with pytest.raises(ValueError, match="real_fraction"):
+        distill_decoder(DecoderRecipeConfig(out=str(parts["root"] / "decoder_rt2"), real_target=True, **kw,
+                                            train=_train(batch_size=4, max_steps=1)), progress=False)
 
 
 def test_small_decoder_channels_and_psnr() -> None:
@@ -819,7 +910,9 @@ def test_one_shot_more_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureF
                            (["--teacher-more", "2,x", "--redistill", "1"], "comma-separated"),
                            (["--teacher-more", "0", "--redistill", "1"], "go together"),
                            (["--distill-more", "-2"], ">= 0"),
-                           (["--partial-captions", "1.5"], "probability")):
+                           (["--partial-captions", "1.5"], "probability"),
+                           (["--partial-tune", "-1"], ">= 0"),
+                           (["--partial-tune", "2", "--partial-captions", "0.5"], "full captions")):
         with pytest.raises(SystemExit) as exc:
             mod.main(base + extra)
         assert exc.value.code == 2
