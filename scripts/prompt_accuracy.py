@@ -3,8 +3,13 @@
 
     python scripts/prompt_accuracy.py "a big red circle above a small blue square on a white background" \
         "a red circle above a small blue square" [--seeds 40] [--model DIR]
+    python scripts/prompt_accuracy.py --heldout 400
 
 Prints one row per prompt (the README's table of prompts in and out of the world's grammar).
+``--heldout N`` adds two rows: the share of N held-out prompts (colour-shape pairs never seen
+in training, every attribute stated) drawn right, and the same for partial paraphrases of
+them that leave out the background and each size with probability 0.5 each
+(:func:`snapfusion.data.partial_caption`); one image per prompt, seeds fixed.
 """
 
 from __future__ import annotations
@@ -23,16 +28,23 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from snapfusion import Pipeline
-    from snapfusion.data import check, parse_caption
+    from snapfusion.data import check, eval_prompts, parse_caption, partial_caption
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("prompts", nargs="+")
+    p.add_argument("prompts", nargs="*")
     p.add_argument("--seeds", type=int, default=40)
     p.add_argument("--model", default=None, help="pipeline folder (default: the embedded model)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--heldout", type=int, default=0, metavar="N",
+                   help="also score N held-out prompts, full and partial (one image each)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
+    if not 0 <= args.heldout <= 100_000:
+        p.error("--heldout must be in [0, 100000]")
+    if not args.prompts and not args.heldout:
+        p.error("give prompts, --heldout N, or both")
     for prompt in args.prompts:
         try:
             parse_caption(prompt)
@@ -40,13 +52,27 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"not a prompt of the world's grammar: {exc}")
     pipe = Pipeline.from_pretrained(args.model, threads=args.threads)
     pipe.set_progress_bar_config(disable=True)
+    kw = {} if args.guidance is None else {"guidance_scale": args.guidance}
     print(f"| prompt | drawn right ({pipe.name}, seeds 0-{args.seeds - 1}) |\n|---|---|")
     for prompt in args.prompts:
         right = 0
         for seed in range(args.seeds):
-            image = pipe(prompt, seed=seed, output_type="np").images[0]
+            image = pipe(prompt, seed=seed, output_type="np", **kw).images[0]
             right += check((image * 255).round().astype(np.uint8), prompt).ok
         print(f'| "{prompt}" | {right} of {args.seeds} |', flush=True)
+    if args.heldout:
+        full, _ = eval_prompts(args.heldout, seed=77, split="heldout")
+        rng = np.random.default_rng(5)
+        partial = [partial_caption(c, rng, 0.5) for c in full]
+        for name, prompts in ((f"{args.heldout} held-out prompts", full),
+                              ("the same, sizes and background left out (p = 0.5 each)", partial)):
+            right = 0
+            for i in range(0, len(prompts), 16):
+                chunk = prompts[i:i + 16]
+                images = pipe(chunk, seed=1000 + i // 16, output_type="np", **kw).images
+                right += sum(check((np.asarray(im) * 255).round().astype(np.uint8), c).ok
+                             for im, c in zip(images, chunk))
+            print(f"| {name} | {100.0 * right / len(prompts):.1f} % |", flush=True)
     return 0
 
 

@@ -128,7 +128,13 @@ def test_prompt_accuracy_script(capsys: pytest.CaptureFixture[str]) -> None:
     spec.loader.exec_module(mod)
     assert mod.main([PROMPT, "--seeds", "1", "--threads", "1"]) == 0
     assert f'| "{PROMPT}" | 1 of 1 |' in capsys.readouterr().out  # the pinned prompt and seed above
-    for bad, message in ((["a red hexagon"], "grammar"), ([PROMPT, "--seeds", "0"], ">= 1")):
+    assert mod.main(["--heldout", "16", "--threads", "1"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2].startswith("| 16 held-out prompts | ") and rows[3].startswith("| the same, sizes and background")
+    shares = [float(r.split("|")[2].split("%")[0]) for r in rows[2:4]]
+    assert 0.0 < shares[0] <= 100.0 and 0.0 <= shares[1] <= 100.0, rows
+    for bad, message in ((["a red hexagon"], "grammar"), ([PROMPT, "--seeds", "0"], ">= 1"), ([], "give prompts"),
+                         (["--heldout", "-1"], "--heldout")):
         with pytest.raises(SystemExit) as exc:
             mod.main(bad)
         assert exc.value.code == 2
