@@ -100,8 +100,9 @@ test-py: build
 # more teacher (a comma-separated list: continuations) and a student rebuilt from it, distilled
 # REDISTILL minutes (the shipped model: DEVICE=cuda BUDGET=8 MORE=2.7 TEACHER_MORE=5,6
 # REDISTILL=5 on one H100, its decoder then
-# trained on a CPU: docs/training.md; on 2 CPU cores give it hours), then installed as the
-# package's default (snapfusion/models/). Re-running resumes the same run.
+# trained on a CPU: docs/training.md; on 2 CPU cores give it hours), and last PARTIAL_TUNE
+# minutes of tuning the final student on partial captions (the shipped model has none), then
+# installed as the package's default (snapfusion/models/). Re-running resumes the same run.
 BUDGET ?= 120
 DEVICE ?= cpu
 MORE ?= 0

@@ -12,8 +12,9 @@ scale, three models generate one image per prompt with the same seeds:
 Per model and guidance: world-FID (Fréchet distance of the world CLIP's image embeddings
 against drawn held-out scenes), world CLIP score, attribute accuracy (all prompts and the
 single-object ones), UNet MACs per image (counted by the engine) and the engine latency per
-image (batch 1, measured separately on an idle engine). Generated images are cached per
-(model, guidance) in ``OUT/images/`` so an interrupted run resumes. Writes
+image (batch 1; the six model and guidance cases timed in turns on an idle engine, so that
+drifting machine speed slows all alike). Generated images are cached per (model, guidance)
+in ``OUT/images/`` so an interrupted run resumes. Writes
 ``OUT/report.json``, ``OUT/fid_vs_clip.png`` (the paper's Fig. 4 on the world),
 ``OUT/accuracy.png`` and ``OUT/samples.png`` (fixed prompts and seeds, one row per model).
 """
@@ -100,17 +101,24 @@ def decoder_psnr(student: Any, teacher: Any, prompts: Sequence[str], seed: int,
     return out
 
 
-def engine_latency(pipe: Any, prompt: str, steps: int, guidance: float, repeats: int) -> dict[str, float]:
-    """Median seconds of one image (batch 1) and its stage breakdown."""
-    runs = []
+def interleaved_latency(cases: dict[str, tuple[Any, int, float]], prompt: str,
+                        repeats: int) -> dict[str, dict[str, float]]:
+    """Median seconds of one image (batch 1) and its stage breakdown for every
+    ``name -> (pipe, steps, guidance)``, timed in turns (one image of each case per round), so
+    that a machine whose speed drifts slows every case alike and the ratios stay fair."""
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in cases}
     for r in range(repeats + 1):
-        res = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, seed=r, output_type="np")
-        if r:  # the first call warms the arena
-            t = res.timings
-            runs.append({"total": t["total"], "text_encoder": t["tokenize"] + t["text_encoder"],
-                         "unet": float(sum(t["unet"])), "decoder": t["decoder"]})
-    runs.sort(key=lambda d: d["total"])
-    return runs[len(runs) // 2]
+        for name, (pipe, steps, guidance) in cases.items():
+            res = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, seed=r, output_type="np")
+            if r:  # the first round warms the arenas
+                t = res.timings
+                runs[name].append({"total": t["total"], "text_encoder": t["tokenize"] + t["text_encoder"],
+                                   "unet": float(sum(t["unet"])), "decoder": t["decoder"]})
+    out = {}
+    for name, rs in runs.items():
+        rs.sort(key=lambda d: d["total"])
+        out[name] = rs[len(rs) // 2]
+    return out
 
 
 def unet_macs_per_image(pipe: Any, steps: int, guidance: float, text_len: int) -> float:
@@ -249,11 +257,11 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
                 print(f"{name:11s} g={gname:>3s}  FID {metrics['fid']:.4f}  CLIP {metrics['clip_score']:.2f}  "
                       f"acc {metrics['accuracy']:.3f}  acc(1 obj) {metrics['accuracy_single']:.3f}", flush=True)
         report["results"][name] = rows
-        for cfg_on in (False, True):
-            g = 2.0 if cfg_on else 1.0
-            lat_key = f"{name}_{'cfg' if cfg_on else 'nocfg'}"
-            report["latency"][lat_key] = engine_latency(pipes[key], prompts[0], steps, g, latency_repeats)
-            report["unet_macs_per_image"][lat_key] = unet_macs_per_image(pipes[key], steps, g, text_len)
+    cases = {f"{name}_{'cfg' if cfg_on else 'nocfg'}": (pipes[key], steps, 2.0 if cfg_on else 1.0)
+             for name, (key, steps) in MODELS.items() for cfg_on in (False, True)}
+    report["latency"] = interleaved_latency(cases, prompts[0], latency_repeats)
+    for lat_key, (pipe, steps, g) in cases.items():
+        report["unet_macs_per_image"][lat_key] = unet_macs_per_image(pipe, steps, g, text_len)
     t, s = report["latency"], report["unet_macs_per_image"]
     report["speedup_end_to_end_cfg"] = t["teacher_50_cfg"]["total"] / t["student_8_cfg"]["total"]
     report["unet_call_ratio"] = (t["student_8_cfg"]["unet"] / 8) / (t["teacher_50_cfg"]["unet"] / 50)
@@ -314,15 +322,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=16)
     p.add_argument("--ref-images", type=int, default=2048)
     p.add_argument("--generate-only", default=None, help="comma-separated models: only generate their images")
+    p.add_argument("--latency-repeats", type=int, default=3,
+                   help="timed single-image generations per model and guidance (the median counts)")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.latency_repeats < 1:
+        p.error("--latency-repeats must be >= 1")
     try:
         guidance = [float(g) for g in args.guidance.split(",")]
     except ValueError:
         p.error(f"--guidance must be comma-separated numbers, got {args.guidance!r}")
     only = args.generate_only.split(",") if args.generate_only else None
     report = run_report(args.run, args.out, n=args.n, guidance=guidance, seed=args.seed, threads=args.threads,
-                        chunk=args.chunk, progress=not args.quiet, ref_images=args.ref_images, generate_only=only)
+                        chunk=args.chunk, progress=not args.quiet, ref_images=args.ref_images, generate_only=only,
+                        latency_repeats=args.latency_repeats)
     if only is None:
         print(format_table(report))
     return 0
