@@ -53,12 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     pipe = Pipeline.from_pretrained(args.model, threads=args.threads)
     pipe.set_progress_bar_config(disable=True)
     kw = {} if args.guidance is None else {"guidance_scale": args.guidance}
+
+    def to_u8(image: np.ndarray) -> np.ndarray:  # the pipeline's float [0, 1] -> what the checker reads
+        return (np.asarray(image) * 255).round().astype(np.uint8)
+
     print(f"| prompt | drawn right ({pipe.name}, seeds 0-{args.seeds - 1}) |\n|---|---|")
     for prompt in args.prompts:
         right = 0
         for seed in range(args.seeds):
             image = pipe(prompt, seed=seed, output_type="np", **kw).images[0]
-            right += check((image * 255).round().astype(np.uint8), prompt).ok
+            right += check(to_u8(image), prompt).ok
         print(f'| "{prompt}" | {right} of {args.seeds} |', flush=True)
     if args.heldout:
         full, _ = eval_prompts(args.heldout, seed=77, split="heldout")
@@ -70,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(0, len(prompts), 16):
                 chunk = prompts[i:i + 16]
                 images = pipe(chunk, seed=1000 + i // 16, output_type="np", **kw).images
-                right += sum(check((np.asarray(im) * 255).round().astype(np.uint8), c).ok
-                             for im, c in zip(images, chunk))
+                right += sum(check(to_u8(im), c).ok for im, c in zip(images, chunk))
             print(f"| {name} | {100.0 * right / len(prompts):.1f} % |", flush=True)
     return 0
 

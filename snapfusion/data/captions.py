@@ -310,6 +310,20 @@ def describe(
     return _fix_articles(text)
 
 
+def check_probability(value: object, name: str) -> float:
+    """``value`` as a float in [0, 1]; ValueError naming ``name`` otherwise (bools, strings, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def draw_omissions(rng: np.random.Generator, p: float, n_objects: int) -> tuple[bool, list[bool]]:
+    """What a partial caption leaves out: the background with probability ``p`` and,
+    independently, each object's size (drawn in that order)."""
+    no_bg = bool(rng.random() < p)
+    return no_bg, [bool(rng.random() < p) for _ in range(n_objects)]
+
+
 def partial_caption(caption: str, rng: np.random.Generator, p: float) -> str:
     """A partial paraphrase of a fully stated caption (what ``sample_batch(partial=p)`` writes).
 
@@ -329,13 +343,11 @@ def partial_caption(caption: str, rng: np.random.Generator, p: float) -> str:
         ValueError: If ``p`` is not a probability, or the caption does not parse or leaves out
             a size or the background already.
     """
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+    p = check_probability(p, "p")
     spec = parse_caption(caption)
     if spec.background is None or any(o.size is None or o.color is None for o in spec.objects):
         raise ValueError(f"not a fully stated caption: {caption!r}")
-    no_bg = bool(rng.random() < p)
-    no_size = [bool(rng.random() < p) for _ in spec.objects]
+    no_bg, no_size = draw_omissions(rng, p, len(spec.objects))
     if not no_bg and not any(no_size):
         return caption
     return describe(spec, rng, full=spec.region is not None, omit_size=no_size, omit_background=no_bg)

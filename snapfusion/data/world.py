@@ -31,7 +31,9 @@ import numpy as np
 from snapfusion.data.captions import (
     CaptionSpec,
     ObjectSpec,
+    check_probability,
     describe,
+    draw_omissions,
     mutate_spec,
     parse_caption,
     spec_from_scene,
@@ -340,13 +342,6 @@ def draw_scenes(scenes: Sequence[Scene], size: int = 64, ss: int = 4) -> np.ndar
     return out
 
 
-def check_probability(value: object, name: str) -> float:
-    """``value`` as a float in [0, 1]; ValueError naming ``name`` otherwise (bools, strings, NaN)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
-    return float(value)
-
-
 def sample_batch(
     n: int,
     rng: int | np.random.Generator,
@@ -389,8 +384,7 @@ def sample_batch(
         scene = sample_scene(gen, split)
         scenes.append(scene)
         # draw the omissions only when asked: partial=0 keeps the generator's sequence
-        no_bg = bool(gen.random() < partial) if partial else False
-        no_size = [bool(gen.random() < partial) for _ in scene.objects] if partial else False
+        no_bg, no_size = draw_omissions(gen, partial, len(scene.objects)) if partial else (False, False)
         captions.append(describe(scene, gen, full=full, omit_size=no_size, omit_background=no_bg))
     return draw_scenes(scenes, size, ss), captions, scenes
 

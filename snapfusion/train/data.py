@@ -220,7 +220,7 @@ class WorldBatch:
         images: uint8 ``[B, H, W, 3]`` on the device.
         ids: int64 ``[B, L]`` token ids on the device.
         index: int64 ``[B]`` pool indices (None for fresh draws).
-        captions: the captions (fresh draws only).
+        captions: the captions.
     """
 
     images: torch.Tensor
@@ -287,8 +287,10 @@ class WorldData:
         """The batch of ``step`` (deterministic in ``(seed, rank, step, stream)``)."""
         rng = step_rng(self.seed, self.rank, step, stream)
         if self.pool_images is not None:
-            idx = torch.from_numpy(rng.integers(0, self.pool_size, size=n)).to(self.device, non_blocking=True)
-            return WorldBatch(self.pool_images[idx], self.pool_ids[idx].long(), idx, None)
+            rows = rng.integers(0, self.pool_size, size=n)
+            idx = torch.from_numpy(rows).to(self.device, non_blocking=True)
+            return WorldBatch(self.pool_images[idx], self.pool_ids[idx].long(), idx,
+                              [self.pool_captions[i] for i in rows])
         from snapfusion.data import sample_batch
 
         images, captions, _ = sample_batch(n, rng, size=self.size, split="train", partial=self.partial)
@@ -318,7 +320,7 @@ def make_world_data(tokenizer: Any, data: dict[str, Any] | None, seed: int, rank
     if bad:
         raise ValueError(f"unknown data keys {sorted(bad)} (known: {sorted(DATA_DEFAULTS)})")
     cfg.update(data or {})
-    from snapfusion.data.world import check_probability
+    from snapfusion.data.captions import check_probability
 
     partial = check_probability(cfg["partial_captions"], "data.partial_captions")
     pool = None

@@ -231,29 +231,17 @@ def distill_decoder(cfg: DecoderRecipeConfig, device: str = "cpu", progress: boo
         rng = step_rng(tcfg.seed, env.rank, step, 12)
         n = tcfg.batch_size
         n_real = int(round(cfg.real_fraction * n))
-        zs = []
-        cached = None
-        if n - n_real > 0:
-            idx = torch.from_numpy(rng.integers(0, len(latents), size=n - n_real)).to(env.device)
-            zs.append(latents[idx])
-            if targets is not None:
-                cached = targets[idx].float()
-        if n_real > 0:
-            z_real, _ = world.batch(step, n_real, stream=13)
-            zs.append(z_real)
-        z = torch.cat(zs) / sf
+        zs, targets_of = [], []
         with torch.no_grad(), world.autocast():
-            if cfg.real_target and n_real > 0:
-                # the same batch as world.batch's (seeded by step and stream): its images
-                real = to_float_images(world.data.batch(step, n_real, stream=13).images)
-                gen = big.decode(z[:n - n_real]).float() if cached is None and n > n_real else cached
-                target = real if gen is None else torch.cat([gen, real])
-            elif cached is None:
-                target = big.decode(z).float()
-            elif n_real > 0:
-                target = torch.cat([cached, big.decode(z[len(cached):]).float()])
-            else:
-                target = cached
+            if n - n_real > 0:  # generated latents: the original decoder's images
+                idx = torch.from_numpy(rng.integers(0, len(latents), size=n - n_real)).to(env.device)
+                zs.append(latents[idx] / sf)
+                targets_of.append(targets[idx].float() if targets is not None else big.decode(zs[-1]).float())
+            if n_real > 0:  # real latents: the original decoder's images, or the images themselves
+                z_real, b = world.sample(step, n_real, stream=13)
+                zs.append(z_real / sf)
+                targets_of.append(to_float_images(b.images) if cfg.real_target else big.decode(zs[-1]).float())
+        z, target = torch.cat(zs), torch.cat(targets_of)
         with world.autocast():
             return trainer.ddp_model(z, target)
 
@@ -307,13 +295,13 @@ def _decoder_psnr(world: LatentWorld, big: torch.nn.Module, small: torch.nn.Modu
     decoders against those real images."""
     was_training = small.training
     small.eval()
-    z_real, _ = world.batch(10 ** 9 + 77, n, stream=14)
-    out = {}
-    for name, z in (("psnr_vs_original_generated", generated[:n]), ("psnr_vs_original_real", z_real)):
-        out[name] = psnr_uint8(world.decode(z, small), world.decode(z, big))
-    real = world.data.batch(10 ** 9 + 77, n, stream=14).images.cpu().numpy()
-    out["psnr_vs_real_images"] = psnr_uint8(world.decode(z_real, small), real)
-    out["psnr_original_vs_real_images"] = psnr_uint8(world.decode(z_real, big), real)
+    z_real, b = world.sample(10 ** 9 + 77, n, stream=14)
+    small_real, big_real, real = world.decode(z_real, small), world.decode(z_real, big), b.images.cpu().numpy()
+    out = {"psnr_vs_original_generated": psnr_uint8(world.decode(generated[:n], small),
+                                                    world.decode(generated[:n], big)),
+           "psnr_vs_original_real": psnr_uint8(small_real, big_real),
+           "psnr_vs_real_images": psnr_uint8(small_real, real),
+           "psnr_original_vs_real_images": psnr_uint8(big_real, real)}
     small.train(was_training)
     return out
 

@@ -136,7 +136,7 @@ def tune_partial(cfg: PartialRecipeConfig, device: str = "cpu", progress: bool =
     Raises:
         ValueError: bad settings, or a world without a pool.
     """
-    from snapfusion.data.world import check_probability
+    from snapfusion.data.captions import check_probability
     from snapfusion.nn import UNet2DConditionModel
 
     env = setup_env(device)
@@ -150,9 +150,8 @@ def tune_partial(cfg: PartialRecipeConfig, device: str = "cpu", progress: bool =
     if world is None:
         world = LatentWorld(cfg.tokenizer, cfg.text_encoder, cfg.vae, env, cfg.data, seed=tcfg.seed + 909,
                             bf16=tcfg.bf16, progress=progress)
-    captions = world.data.pool_captions
-    if captions is None or world.latents is None:
-        raise ValueError("partial-caption tuning needs a data pool (data.pool and data.pool_size)")
+    if world.data.pool_captions is None:
+        raise ValueError("partial-caption tuning needs a data pool (data.pool_dir and data.pool_size)")
     model = UNet2DConditionModel.from_pretrained(cfg.unet).to(env.device)
     model.check_inputs = False
     reference = freeze(copy.deepcopy(model))
@@ -167,12 +166,10 @@ def tune_partial(cfg: PartialRecipeConfig, device: str = "cpu", progress: bool =
     trainer = Trainer("partial", Path(cfg.out), model, tcfg, env, params=params, progress=progress)
 
     def step_fn(step: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        b = world.data.batch(step, tcfg.batch_size)
-        rng = step_rng(tcfg.seed, env.rank, step, 6)
-        rows = b.index.tolist()
-        texts = partial_captions_batch([captions[i] for i in rows], rng, p)
-        return partial_loss(trainer.ddp_model, reference, world, world.latents[b.index], b.ids,
-                            world.data.tokenize(texts), step, tcfg.seed, cfg)
+        z0, b = world.sample(step, tcfg.batch_size)
+        texts = partial_captions_batch(b.captions, step_rng(tcfg.seed, env.rank, step, 6), p)
+        return partial_loss(trainer.ddp_model, reference, world, z0, b.ids, world.data.tokenize(texts), step,
+                            tcfg.seed, cfg)
 
     res = trainer.run(step_fn, plot_keys=("loss", "x_mse"))
     summary = {"steps": res.steps, "first_loss": res.first_loss, "final_loss": res.final_loss,

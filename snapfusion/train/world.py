@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .common import DistEnv, autocast_ctx, step_generator
-from .data import WorldData, make_world_data, to_float_images, to_uint8_images
+from .data import WorldBatch, WorldData, make_world_data, to_float_images, to_uint8_images
 from .diffusion import NoiseSchedule, ddim_sample, min_snr_weight
 
 __all__ = ["LatentWorld", "DiffusionLossConfig", "diffusion_loss", "default_unet_config", "freeze"]
@@ -128,14 +128,20 @@ class LatentWorld:
         return out
 
     # ------------------------------------------------------------------------ batches
-    def batch(self, step: int, n: int, stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z0, ids)``: scaled latents ``[n, 4, h, w]`` and token ids ``[n, L]`` of ``step``."""
+    def sample(self, step: int, n: int, stream: int = 0) -> tuple[torch.Tensor, WorldBatch]:
+        """``(z0, batch)``: scaled latents ``[n, 4, h, w]`` of the :class:`WorldBatch` of
+        ``step`` (its images, token ids and captions)."""
         b = self.data.batch(step, n, stream)
         if self.latents is not None and b.index is not None:
-            return self.latents[b.index], b.ids
+            return self.latents[b.index], b
         with torch.no_grad(), self.autocast():
             mean, _ = self.vae.encode(to_float_images(b.images))
-        return mean.float() * self.scaling_factor, b.ids
+        return mean.float() * self.scaling_factor, b
+
+    def batch(self, step: int, n: int, stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z0, ids)``: scaled latents ``[n, 4, h, w]`` and token ids ``[n, L]`` of ``step``."""
+        z0, b = self.sample(step, n, stream)
+        return z0, b.ids
 
     @torch.no_grad()
     def text_states(self, ids: torch.Tensor) -> torch.Tensor:

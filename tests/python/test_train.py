@@ -688,6 +688,20 @@ def test_decoder_real_target(parts: dict[str, Any]) -> None:
                                             train=_train(batch_size=4, max_steps=1)), progress=False)
 
 
+def test_todays_settings_reject_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A non-boolean real_target and a report asked for no latency repeats are refused up front."""
+    from snapfusion.train import report
+    from snapfusion.train.decoder import DecoderRecipeConfig, distill_decoder
+
+    with pytest.raises(ValueError, match="real_target must be true or false"):
+        distill_decoder(DecoderRecipeConfig(out=str(tmp_path / "d"), real_target="yes", real_fraction=0.5),
+                        progress=False)
+    with pytest.raises(SystemExit) as exc:
+        report.main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--latency-repeats", "0"])
+    assert exc.value.code == 2 and "--latency-repeats must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_small_decoder_channels_and_psnr() -> None:
     from snapfusion.train.data import psnr_uint8
     from snapfusion.train.decoder import small_vae_config
