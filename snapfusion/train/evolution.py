@@ -70,7 +70,11 @@ class EvolveRecipeConfig:
     Attributes:
         tokenizer, text_encoder, vae: frozen parts (folders).
         clip: world CLIP folder (evaluation).
-        init: robust-trained UNet folder.
+        init: robust-trained UNet folder; or an evolved (already pruned) one, e.g. a distilled
+            student, whose removed blocks stay removed while the search goes on from it (then
+            ``reference`` names the full network).
+        reference: full UNet folder that latencies are fractions of (engine measurements);
+            default ``init``; required when ``init`` is already pruned.
         out: output folder.
         budget: latency budget as a fraction of the full network's table latency.
         max_params: optional parameter budget of the evolved UNet (0: none); while it is
@@ -111,6 +115,7 @@ class EvolveRecipeConfig:
     vae: str = ""
     clip: str = ""
     init: str = ""
+    reference: str = ""
     out: str = ""
     budget: float = 0.5
     max_params: int = 0
@@ -161,6 +166,9 @@ class EvolutionSearch:
             between measurement and table becomes an offset added to every later estimate,
             so the search goes on until the *measured* ratio meets the budget.
         measurements: earlier records of ``measure`` (resume).
+        fixed: blocks removed before the search (an already evolved start): counted as removed
+            in every latency estimate, never candidates, never re-added, never passed to
+            ``score`` or ``measure``.
     """
 
     def __init__(self, blocks: Sequence[str], table: dict[str, Any], budget: float,
@@ -170,10 +178,13 @@ class EvolutionSearch:
                  param_costs: dict[str, int] | None = None, param_limit: int | None = None,
                  param_total: int | None = None,
                  measure: Callable[[Sequence[str]], float | None] | None = None,
-                 measurements: Sequence[dict[str, Any]] = ()) -> None:
+                 measurements: Sequence[dict[str, Any]] = (), fixed: Sequence[str] = ()) -> None:
         if not 0.0 < budget <= 1.0:
             raise ValueError(f"budget must be in (0, 1], got {budget}")
-        missing = [b for b in blocks if b not in table["blocks"]]
+        self.fixed = list(fixed)
+        if set(self.fixed) & set(blocks):
+            raise ValueError(f"blocks both fixed and searchable: {sorted(set(self.fixed) & set(blocks))[:5]}")
+        missing = [b for b in list(blocks) + self.fixed if b not in table["blocks"]]
         if missing:
             raise ValueError(f"latency table lacks blocks {missing[:5]}")
         self.blocks = list(blocks)
@@ -198,18 +209,23 @@ class EvolutionSearch:
         self.measurements: list[dict[str, Any]] = [dict(m) for m in measurements]
 
     # ------------------------------------------------------------------------ helpers
+    def table_latency(self, removed: Sequence[str] | None = None) -> float:
+        """The table's latency of the network without ``removed`` (default: the current set)
+        and the fixed blocks."""
+        return estimate_latency(self.table, self.fixed + list(self.removed if removed is None else removed))
+
     @property
     def offset(self) -> float:
         """Measured minus table latency of the last measured network (0 before any)."""
         if not self.measurements:
             return 0.0
         m = self.measurements[-1]
-        return float(m["ratio"]) * float(self.table["full"]) - estimate_latency(self.table, m["removed"])
+        return float(m["ratio"]) * float(self.table["full"]) - self.table_latency(m["removed"])
 
     def latency(self, removed: Sequence[str] | None = None) -> float:
         """Latency estimate of the network without ``removed`` (default: the current set):
         the table's, plus :attr:`offset` once a network was measured."""
-        return estimate_latency(self.table, self.removed if removed is None else removed) + self.offset
+        return self.table_latency(removed) + self.offset
 
     def params(self, removed: Sequence[str] | None = None) -> int | None:
         """Parameters of the network without ``removed`` (None without a parameter budget)."""
@@ -238,7 +254,7 @@ class EvolutionSearch:
         if ratio is None:  # nothing to measure with: the table alone decides
             self.measure = None
             return True
-        table_ratio = estimate_latency(self.table, self.removed) / float(self.table["full"])
+        table_ratio = self.table_latency() / float(self.table["full"])
         self.measurements.append({"removed": list(self.removed), "ratio": float(ratio),
                                   "table_ratio": table_ratio})
         return self.latency_ok() and self.params_ok()
@@ -430,9 +446,23 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     unet = UNet2DConditionModel.from_pretrained(cfg.init).to(env.device)
     unet.check_inputs = False
-    full_config = {k: v for k, v in unet.config.items()}
-    if full_config.get("elastic_blocks") is not None:
-        raise ValueError("evolution starts from a full (not already pruned) UNet")
+    init_config = {k: v for k, v in unet.config.items()}
+    full_config = {**init_config, "elastic_blocks": None}
+    fixed = sorted(set(block_names(full_config)) - set(block_names(init_config)))
+    reference = cfg.reference or cfg.init
+    if init_config.get("elastic_blocks") is not None and not cfg.reference:
+        raise ValueError(f"{cfg.init} is already pruned: set reference to the full UNet it was pruned from "
+                         "(latencies are fractions of the full network's)")
+    if cfg.reference:
+        from snapfusion.nn.serialization import read_config
+
+        ref_config = read_config(cfg.reference)
+        if ref_config.get("elastic_blocks") is not None:
+            raise ValueError(f"reference {cfg.reference} is pruned itself: it must be the full UNet")
+        differ = sorted(k for k in set(ref_config) | set(init_config) if k != "elastic_blocks"
+                        and not k.startswith("_") and ref_config.get(k) != init_config.get(k))
+        if differ:
+            raise ValueError(f"{cfg.init} is not a pruned {cfg.reference}: configs differ in {differ}")
     keep = set(cfg.keep)
     unknown = sorted(keep - set(block_names(full_config)))
     if unknown:
@@ -477,7 +507,7 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
         n_evals[0] += 1
         return m["clip_score"] - cfg.fid_weight * m["fid"]
 
-    names = [b for b in block_names(full_config) if b not in keep]
+    names = [b for b in block_names(init_config) if b not in keep]
     param_costs = {b: sum(p.numel() for n, p in unet.named_parameters() if n.startswith(b + "."))
                    for b in names}
     param_total = sum(p.numel() for p in unet.parameters())
@@ -490,7 +520,7 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
         if env.is_main:
             with tempfile.TemporaryDirectory() as tmp:
                 prune_unet(unet, removed).save_pretrained(tmp)
-                res = _engine_latency(cfg.init, tmp, text_len, cfg.latency_threads)["engine_latency"]
+                res = _engine_latency(reference, tmp, text_len, cfg.latency_threads)["engine_latency"]
             ratio = None if res is None else res["ratio"]
         if env.distributed:  # every rank takes the same decision
             box = [ratio]
@@ -502,7 +532,7 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
                              state["removed"], state["history"], param_costs=param_costs,
                              param_limit=cfg.max_params if cfg.max_params > 0 else None,
                              param_total=param_total, measure=measure if engine_budget else None,
-                             measurements=state["measurements"])
+                             measurements=state["measurements"], fixed=fixed)
     if state["done"] and not search.within_budget():
         # a finished search resumed with a tighter budget continues from its network
         state["done"] = False
@@ -558,9 +588,10 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
             bar.close()
     unet.set_block_drop()
     pruned = prune_unet(unet, search.removed)
-    table_estimate = estimate_latency(table, search.removed)
+    table_estimate = search.table_latency()
     summary: dict[str, Any] = {
-        "removed": list(search.removed),
+        "removed": fixed + list(search.removed),
+        "removed_before": fixed,
         "actions": len(search.history),
         "forced_actions": sum(1 for h in search.history if h.get("forced")),
         "evaluations": n_evals[0],
@@ -574,7 +605,7 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
         "measurements": search.measurements,
         "budget": cfg.budget,
         "max_params": cfg.max_params,
-        "params_full": sum(p.numel() for p in unet.parameters()),
+        "params_full": sum(p.numel() for p in unet.parameters()),  # of the start (init) network
         "params_pruned": sum(p.numel() for p in pruned.parameters()),
         "finetune_steps_total": trainer.step,
     }
@@ -589,7 +620,7 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
             img = world.generate(teacher if teacher is not None else unet.eval(), evaluator.prompts,
                                  steps=cfg.eval_steps, guidance=cfg.guidance, seed=cfg.eval_seed)
             summary["start_eval"] = evaluator.evaluate(img)
-        summary.update(_engine_latency(cfg.init, out / "unet", text_len, cfg.latency_threads))
+        summary.update(_engine_latency(reference, out / "unet", text_len, cfg.latency_threads))
         (out / "evolution.json").write_text(json.dumps(summary, indent=2) + "\n")
         (out / "recipe_config.json").write_text(json.dumps(config_dict(cfg), indent=2) + "\n")
     return summary
@@ -598,7 +629,7 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
 def _ratios(rec: dict[str, Any], search: EvolutionSearch, table: dict[str, Any], step: int) -> None:
     """Add the step, the table's ratio and the estimate's (with the measured offset) to ``rec``."""
     rec["step"] = step
-    rec["table_ratio"] = estimate_latency(table, search.removed) / float(table["full"])
+    rec["table_ratio"] = search.table_latency() / float(table["full"])
     rec["ratio"] = search.latency() / float(table["full"])
 
 

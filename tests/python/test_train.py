@@ -303,6 +303,17 @@ def test_evolution_add_back_params_and_deadline() -> None:
         EvolutionSearch(list(costs), _table(costs, 10.0), 1.5, lambda r: 0.0)
     with pytest.raises(ValueError):
         EvolutionSearch(["zz"], _table(costs, 10.0), 0.5, lambda r: 0.0)
+    # fixed blocks (an evolved start) count as removed, are never scored and never re-added
+    seen = []
+    search = EvolutionSearch(["b", "c"], _table(costs, 10.0), 0.35, lambda r: seen.append(r) or -float(len(r)),
+                             fixed=["a"])
+    assert search.latency() == pytest.approx(4.0)
+    while search.step() is not None:
+        pass
+    assert search.removed == ["b"] and search.latency() == pytest.approx(3.0)
+    assert all("a" not in r for r in seen) and all(h["block"] != "a" for h in search.history)
+    with pytest.raises(ValueError, match="fixed and searchable"):
+        EvolutionSearch(list(costs), _table(costs, 10.0), 0.5, lambda r: 0.0, fixed=["a"])
 
 
 def test_evolution_search_measured_budget() -> None:
@@ -381,6 +392,27 @@ def test_evolve_recipe_meets_budget(parts: dict[str, Any], tmp_path: Path) -> No
     assert again["table_ratio"] <= 0.4 + 1e-9 < res["table_ratio"]
     assert set(res["removed"]) < set(again["removed"])
     assert again["actions"] > res["actions"]
+    # an evolved network (the run above, now at 0.4) as the start: its removed blocks stay removed, latencies stay
+    # fractions of the full network (reference), the search goes on from it
+    cont = EvolveRecipeConfig(
+        tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], clip=parts["clip"],
+        init=str(tmp_path / "evolve" / "unet"), out=str(tmp_path / "evolve_cont"), budget=0.3,
+        latency_table=str(tpath), eval_prompts=2, eval_steps=1, ref_images=8, finetune_steps=0, max_actions=20,
+        data=parts["data"], train=_train(batch_size=2, max_steps=0, max_minutes=5.0, lr=1e-4, ema_decay=0.0))
+    with pytest.raises(ValueError, match="already pruned"):
+        evolve(cont, progress=False)
+    cont.reference = parts["teacher"]
+    res_cont = evolve(cont, progress=False)
+    assert res_cont["removed_before"] == sorted(again["removed"])
+    assert set(again["removed"]) < set(res_cont["removed"])
+    assert res_cont["table_ratio"] <= 0.3 + 1e-9
+    assert res_cont["table_ratio"] == pytest.approx(
+        (table["full"] - sum(table["blocks"][b] for b in res_cont["removed"])) / table["full"])
+    cont_unet = UNet2DConditionModel.from_pretrained(tmp_path / "evolve_cont" / "unet")
+    assert sorted(set(names) - set(block_names(cont_unet.config))) == sorted(res_cont["removed"])
+    cont.reference, cont.out = str(tmp_path / "evolve" / "unet"), str(tmp_path / "evolve_bad_ref")
+    with pytest.raises(ValueError, match="pruned itself"):
+        evolve(cont, progress=False)
     # blocks named in keep are never removed
     kept = sorted(again["removed"])[:2]
     cfg_keep = EvolveRecipeConfig(
