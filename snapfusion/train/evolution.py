@@ -382,6 +382,15 @@ def _pruned(full: torch.nn.Module, cfg: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
+def _check_pruned_of(pruned_cfg: dict[str, Any], full_cfg: dict[str, Any], pruned_name: Any,
+                     full_name: Any) -> None:
+    """ValueError unless the two UNet configs agree in everything but ``elastic_blocks``."""
+    differ = sorted(k for k in set(pruned_cfg) | set(full_cfg)
+                    if k != "elastic_blocks" and not k.startswith("_") and pruned_cfg.get(k) != full_cfg.get(k))
+    if differ:
+        raise ValueError(f"{pruned_name} is not a pruned {full_name}: configs differ in {differ}")
+
+
 def prune_like(teacher: str | Path, like: str | Path, out: str | Path) -> Path:
     """Write ``like``'s architecture (its ``elastic_blocks``) holding ``teacher``'s weights.
 
@@ -404,13 +413,9 @@ def prune_like(teacher: str | Path, like: str | Path, out: str | Path) -> Path:
     from snapfusion.nn import UNet2DConditionModel
     from snapfusion.nn.serialization import read_config
 
-    full = UNet2DConditionModel.from_pretrained(teacher)
     cfg = read_config(like)
-    base = read_config(teacher)
-    differ = sorted(k for k in set(cfg) | set(base)
-                    if k != "elastic_blocks" and not k.startswith("_") and cfg.get(k) != base.get(k))
-    if differ:
-        raise ValueError(f"{like} is not a pruned {teacher}: configs differ in {differ}")
+    _check_pruned_of(cfg, read_config(teacher), like, teacher)  # before loading any weights
+    full = UNet2DConditionModel.from_pretrained(teacher)
     out = Path(out)
     _pruned(full, cfg).save_pretrained(out)
     return out
@@ -459,10 +464,7 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
         ref_config = read_config(cfg.reference)
         if ref_config.get("elastic_blocks") is not None:
             raise ValueError(f"reference {cfg.reference} is pruned itself: it must be the full UNet")
-        differ = sorted(k for k in set(ref_config) | set(init_config) if k != "elastic_blocks"
-                        and not k.startswith("_") and ref_config.get(k) != init_config.get(k))
-        if differ:
-            raise ValueError(f"{cfg.init} is not a pruned {cfg.reference}: configs differ in {differ}")
+        _check_pruned_of(init_config, ref_config, cfg.init, cfg.reference)
     keep = set(cfg.keep)
     unknown = sorted(keep - set(block_names(full_config)))
     if unknown:
@@ -569,7 +571,7 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
                 search.invalidate()
                 if ft is not None:
                     rec["finetune_loss"] = ft["loss"]
-            _ratios(rec, search, table, trainer.step)
+            _ratios(rec, search, trainer.step)
             log.log(rec)
             sync_state()
             if bar is not None:
@@ -578,7 +580,7 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
             if env.is_main:
                 trainer.save()
         for rec in search.finish_within_budget():
-            _ratios(rec, search, table, trainer.step)
+            _ratios(rec, search, trainer.step)
             log.log(rec)
         sync_state(done=True)
         if env.is_main:
@@ -626,11 +628,10 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
     return summary
 
 
-def _ratios(rec: dict[str, Any], search: EvolutionSearch, table: dict[str, Any], step: int) -> None:
+def _ratios(rec: dict[str, Any], search: EvolutionSearch, step: int) -> None:
     """Add the step, the table's ratio and the estimate's (with the measured offset) to ``rec``."""
-    rec["step"] = step
-    rec["table_ratio"] = search.table_latency() / float(table["full"])
-    rec["ratio"] = search.latency() / float(table["full"])
+    full = float(search.table["full"])
+    rec.update(step=step, table_ratio=search.table_latency() / full, ratio=search.latency() / full)
 
 
 def _engine_latency(full_dir: str | Path, pruned_dir: str | Path, text_len: int, threads: int) -> dict[str, Any]:

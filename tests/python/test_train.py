@@ -365,7 +365,7 @@ def test_evolution_search_measured_budget() -> None:
 
 def test_evolve_recipe_meets_budget(parts: dict[str, Any], tmp_path: Path) -> None:
     from snapfusion.nn import UNet2DConditionModel, block_names
-    from snapfusion.train.evolution import EvolveRecipeConfig, evolve
+    from snapfusion.train.evolution import EvolveRecipeConfig, evolve, prune_like
 
     cfg = json.loads((Path(parts["teacher"]) / "config.json").read_text())
     names = block_names(cfg)
@@ -413,6 +413,15 @@ def test_evolve_recipe_meets_budget(parts: dict[str, Any], tmp_path: Path) -> No
     cont.reference, cont.out = str(tmp_path / "evolve" / "unet"), str(tmp_path / "evolve_bad_ref")
     with pytest.raises(ValueError, match="pruned itself"):
         evolve(cont, progress=False)
+    other = tmp_path / "other_unet"  # a full UNet of another architecture
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({**cfg, "cross_attention_dim": cfg["cross_attention_dim"] * 2}))
+    cont.reference = str(other)
+    with pytest.raises(ValueError, match="configs differ in \\['cross_attention_dim'\\]"):
+        evolve(cont, progress=False)
+    with pytest.raises(ValueError, match="configs differ in \\['cross_attention_dim'\\]"):
+        prune_like(other, tmp_path / "evolve" / "unet", tmp_path / "never")
+    assert not (tmp_path / "never").exists()
     # blocks named in keep are never removed
     kept = sorted(again["removed"])[:2]
     cfg_keep = EvolveRecipeConfig(
