@@ -17,6 +17,15 @@ drifting machine speed slows all alike). Generated images are cached per (model,
 in ``OUT/images/`` so an interrupted run resumes. Writes
 ``OUT/report.json``, ``OUT/fid_vs_clip.png`` (the paper's Fig. 4 on the world),
 ``OUT/accuracy.png`` and ``OUT/samples.png`` (fixed prompts and seeds, one row per model).
+
+A new student can be reported against an earlier report of the same teacher without the
+teacher's weights (``--baseline OLD/report.json``): the teacher rows (and the decoder PSNR,
+which needs the teacher's decoder) are carried from it, marked as such in the JSON and the
+table, after checking that prompts, seed, guidance scales and reference images agree. The
+teacher's latency and MACs are still measured in this process, on an *architecture twin*: the
+teacher's UNet and autoencoder configs (the student's without its pruning and small-decoder
+keys) with random weights; the engine's time and MAC count depend on shapes, not on weight
+values.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ import numpy as np
 
 #: Models of the report: name -> (pipeline folder key, steps).
 MODELS = {"teacher_50": ("teacher", 50), "student_8": ("student", 8), "teacher_8": ("teacher", 8)}
+#: The models whose rows a report with a baseline carries from it.
+CARRIED = ("teacher_50", "teacher_8")
 DEFAULT_GUIDANCE = (1.0, 2.0, 3.0, 5.0, 7.0)
 
 
@@ -45,6 +56,63 @@ def teacher_pipeline(run: Path, out: Path) -> Path:
     return export_pipeline(folder, run / "tokenizer" / "tokenizer", run / "clip" / "text_encoder",
                            run / "teacher" / "unet", run / "vae" / "vae",
                            info={"num_inference_steps": 50, "note": "teacher of the report"})
+
+
+def architecture_twin(student: Path, out: Path) -> Path:
+    """Pipeline folder of the teacher's architecture with random weights (timing and MACs only).
+
+    The teacher's UNet config is the student's without ``elastic_blocks`` (evolution prunes
+    blocks and changes nothing else); its autoencoder config is the student's without the
+    ``decoder_*`` keys (decoder distillation changes only the decoder's channels and groups).
+    """
+    import torch
+
+    from snapfusion.nn import AutoencoderKL, UNet2DConditionModel
+    from snapfusion.nn.serialization import read_config
+
+    from .export import export_pipeline
+
+    folder = out / "teacher_twin"
+    if (folder / "model_index.json").is_file():
+        return folder
+    parts = out / "teacher_twin_parts"
+    torch.manual_seed(0)
+    unet_cfg = {k: v for k, v in read_config(student / "unet").items() if k != "elastic_blocks"}
+    UNet2DConditionModel(unet_cfg).save_pretrained(parts / "unet")
+    vae_cfg = {k: v for k, v in read_config(student / "vae").items() if not k.startswith("decoder_")}
+    AutoencoderKL(vae_cfg).save_pretrained(parts / "vae")
+    return export_pipeline(folder, student / "tokenizer", student / "text_encoder", parts / "unet", parts / "vae",
+                           info={"num_inference_steps": 50, "note": "teacher architecture, random weights"})
+
+
+def load_baseline(path: str | os.PathLike[str], n: int, seed: int, gnames: Sequence[str],
+                  ref_images: int) -> dict[str, Any]:
+    """An earlier report whose teacher rows a new report may carry.
+
+    Raises:
+        ValueError: it was made with other prompts, seed, guidance scales or reference
+            images, or lacks a teacher's rows or the decoder PSNR.
+    """
+    try:
+        base = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"baseline {path}: not a readable report ({e})") from e
+    if not isinstance(base, dict):
+        raise ValueError(f"baseline {path}: not a report")
+    want = {"n_prompts": n, "seed": seed, "split": "heldout", "guidance": list(gnames)}
+    for key, value in want.items():
+        if base.get(key) != value:
+            raise ValueError(f"baseline {path}: {key} is {base.get(key)!r}, this report's is {value!r}")
+    if base.get("ref_images", ref_images) != ref_images:  # older reports did not record it
+        raise ValueError(f"baseline {path}: ref_images is {base['ref_images']}, this report's is {ref_images}")
+    results = base.get("results")
+    for name in CARRIED:
+        rows = results.get(name) if isinstance(results, dict) else None
+        if not isinstance(rows, dict) or sorted(rows) != sorted(gnames):
+            raise ValueError(f"baseline {path}: no rows of {name} for guidance {list(gnames)}")
+    if not isinstance(base.get("decoder_psnr_db"), dict):
+        raise ValueError(f"baseline {path}: no decoder_psnr_db")
+    return base
 
 
 def generate(pipe: Any, prompts: Sequence[str], steps: int, guidance: float, seed: int, chunk: int,
@@ -179,7 +247,8 @@ def plot_report(report: dict[str, Any], out: Path) -> None:
 def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int = 1000,
                guidance: Sequence[float] = DEFAULT_GUIDANCE, seed: int = 1234, threads: int | None = None,
                chunk: int = 16, latency_repeats: int = 3, progress: bool = True,
-               ref_images: int = 2048, generate_only: Sequence[str] | None = None) -> dict[str, Any]:
+               ref_images: int = 2048, generate_only: Sequence[str] | None = None,
+               baseline: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Generate, score and plot; returns the report (also written to ``out/report.json``).
 
     Args:
@@ -194,6 +263,12 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
         ref_images: drawn held-out scenes behind the world-FID statistics.
         generate_only: only generate (and cache) the images of these models, e.g.
             ``["teacher_50", "teacher_8"]`` while the student is still training; returns ``{}``.
+        baseline: an earlier ``report.json`` of the same teacher: its teacher rows and decoder
+            PSNR are carried (the run then needs no ``teacher/`` or ``vae/``), the teacher's
+            latency and MACs are measured on :func:`architecture_twin`.
+
+    Raises:
+        ValueError: bad settings, or a baseline made with other settings (:func:`load_baseline`).
     """
     import torch
 
@@ -207,7 +282,11 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
 
     if n < 1:
         raise ValueError("n must be positive")
+    if baseline is not None and generate_only is not None:
+        raise ValueError("generate_only and baseline do not go together (a baseline's teacher is not generated)")
     run, out = Path(run), Path(out)
+    gnames = [f"{g:g}" for g in guidance]
+    base = None if baseline is None else load_baseline(baseline, n, seed, gnames, ref_images)
     (out / "images").mkdir(parents=True, exist_ok=True)
     if generate_only is not None:
         unknown = sorted(set(generate_only) - set(MODELS))
@@ -226,7 +305,9 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
                 _cached_images(out / "images" / f"{name}_g{g:g}.npz", pipe, prompts, steps, g, seed, chunk,
                                progress, f"{name} g={g:g}")
         return {}
-    folders = {"teacher": teacher_pipeline(run, out), "student": run / "model"}
+    carried = CARRIED if base is not None else ()
+    folders = {"teacher": architecture_twin(run / "model", out) if carried else teacher_pipeline(run, out),
+               "student": run / "model"}
     pipes = {k: Pipeline.from_pretrained(v, threads=threads) for k, v in folders.items()}
     for p in pipes.values():
         p.set_progress_bar_config(disable=True)
@@ -235,12 +316,24 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
                         ref_images=ref_images, image_size=pipes["student"].default_size)
     prompts, single = ev.prompts, single_object(ev.scenes)
     text_len = int(tok.model_max_length)
-    gnames = [f"{g:g}" for g in guidance]
     report: dict[str, Any] = {"run": str(run), "n_prompts": n, "n_single_object": int(single.sum()),
                               "split": "heldout", "seed": seed, "guidance": gnames, "threads": threads,
-                              "results": {}, "latency": {}, "unet_macs_per_image": {}, "seconds": {}}
+                              "ref_images": ref_images, "results": {}, "latency": {}, "unet_macs_per_image": {},
+                              "seconds": {}}
+    if base is not None:
+        report["baseline"] = {"report": str(baseline), "run": base.get("run"),
+                              "carried": [*(f"results.{m}" for m in carried), "decoder_psnr_db"],
+                              "teacher_timing": "architecture twin (teacher configs, random weights)"}
     torch.set_num_threads(max(1, threads or 1))
     for name, (key, steps) in MODELS.items():
+        if name in carried:
+            report["results"][name] = base["results"][name]
+            if progress:
+                for gname in gnames:
+                    m = base["results"][name][gname]
+                    print(f"{name:11s} g={gname:>3s}  FID {m['fid']:.4f}  CLIP {m['clip_score']:.2f}  "
+                          f"acc {m['accuracy']:.3f}  acc(1 obj) {m['accuracy_single']:.3f}  (carried)", flush=True)
+            continue
         rows: dict[str, Any] = {}
         for g, gname in zip(guidance, gnames):
             images, secs = _cached_images(out / "images" / f"{name}_g{gname}.npz", pipes[key], prompts, steps, g,
@@ -267,7 +360,8 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
     report["unet_call_ratio"] = (t["student_8_cfg"]["unet"] / 8) / (t["teacher_50_cfg"]["unet"] / 50)
     report["decoder_speedup"] = t["teacher_50_cfg"]["decoder"] / max(1e-9, t["student_8_cfg"]["decoder"])
     report["mac_ratio_cfg"] = s["teacher_50_cfg"] / s["student_8_cfg"]
-    report["decoder_psnr_db"] = decoder_psnr(pipes["student"], pipes["teacher"], prompts[:256], seed)
+    report["decoder_psnr_db"] = (dict(base["decoder_psnr_db"]) if base is not None else
+                                 decoder_psnr(pipes["student"], pipes["teacher"], prompts[:256], seed))
     for name in MODELS:
         best = max(report["results"][name].items(), key=lambda kv: (kv[1]["clip_score"] - 100 * kv[1]["fid"]))
         report.setdefault("best_guidance", {})[name] = best[0]
@@ -278,6 +372,8 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
     idx = list(np.flatnonzero(single)[:8]) + list(np.flatnonzero(~single)[:4])
     rows_img, caps = [], []
     for name, (key, steps) in MODELS.items():
+        if name in carried:  # no teacher weights to draw with
+            continue
         g = float(report["best_guidance"][name])
         for j, i in enumerate(idx):
             img = pipes[key](prompts[i], num_inference_steps=steps, guidance_scale=g, seed=seed + j,
@@ -290,11 +386,13 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
 
 def format_table(report: dict[str, Any]) -> str:
     """Markdown table of the report."""
+    carried = report.get("baseline", {}).get("carried", [])
     lines = ["| model | guidance | world-FID | CLIP score | accuracy | accuracy (1 object) |",
              "|---|---|---|---|---|---|"]
     for name, rows in report["results"].items():
+        label = f"{name} (carried)" if f"results.{name}" in carried else name
         for g, m in sorted(rows.items(), key=lambda kv: float(kv[0])):
-            lines.append(f"| {name} | {g} | {m['fid']:.4f} | {m['clip_score']:.2f} | {100 * m['accuracy']:.1f} % | "
+            lines.append(f"| {label} | {g} | {m['fid']:.4f} | {m['clip_score']:.2f} | {100 * m['accuracy']:.1f} % | "
                          f"{100 * m['accuracy_single']:.1f} % |")
     lines += ["", "| model | engine s/image (CFG) | UNet s | decoder s | UNet GMAC/image |", "|---|---|---|---|---|"]
     for name in report["results"]:
@@ -305,7 +403,11 @@ def format_table(report: dict[str, Any]) -> str:
         p = report["decoder_psnr_db"]
         lines += ["", f"small decoder: {report['decoder_speedup']:.2f}x faster than the teacher's, PSNR against "
                       f"it {p['student_latents']:.1f} dB on the student's latents, "
-                      f"{p['teacher_latents']:.1f} dB on the teacher's"]
+                      f"{p['teacher_latents']:.1f} dB on the teacher's"
+                      + (" (PSNR carried from the baseline)" if "decoder_psnr_db" in carried else "")]
+    if carried:
+        b = report["baseline"]
+        lines += ["", f"carried from {b['report']}: {', '.join(carried)}; teacher timed on the {b['teacher_timing']}"]
     return "\n".join(lines)
 
 
@@ -322,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=16)
     p.add_argument("--ref-images", type=int, default=2048)
     p.add_argument("--generate-only", default=None, help="comma-separated models: only generate their images")
+    p.add_argument("--baseline", default=None, help="earlier report.json of the same teacher: carry its teacher "
+                                                     "rows and decoder PSNR (no teacher weights needed)")
     p.add_argument("--latency-repeats", type=int, default=3,
                    help="timed single-image generations per model and guidance (the median counts)")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -335,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = args.generate_only.split(",") if args.generate_only else None
     report = run_report(args.run, args.out, n=args.n, guidance=guidance, seed=args.seed, threads=args.threads,
                         chunk=args.chunk, progress=not args.quiet, ref_images=args.ref_images, generate_only=only,
-                        latency_repeats=args.latency_repeats)
+                        latency_repeats=args.latency_repeats, baseline=args.baseline)
     if only is None:
         print(format_table(report))
     return 0

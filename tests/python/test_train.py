@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -1050,3 +1051,39 @@ def test_world_report(parts: dict[str, Any], tmp_path: Path) -> None:
             assert rep2["results"][name][g]["accuracy"] == m["accuracy"]
             assert rep2["results"][name][g]["fid"] == pytest.approx(m["fid"], rel=1e-4)
             assert rep2["results"][name][g]["clip_score"] == pytest.approx(m["clip_score"], rel=1e-4)
+
+    # a new student against this report's teacher rows, without the teacher's weights
+    base = tmp_path / "baseline.json"
+    shutil.copyfile(out / "report.json", base)
+    rep = json.loads(base.read_text())
+    run2 = tmp_path / "run2"
+    for link, target in (("tokenizer/tokenizer", parts["tok"]), ("clip", parts["clip"]), ("model", run / "model")):
+        (run2 / link).parent.mkdir(parents=True, exist_ok=True)
+        (run2 / link).symlink_to(target)
+    out2 = tmp_path / "report2"
+    kw = dict(n=6, guidance=(1.0, 3.0), ref_images=16, chunk=4, latency_repeats=1, threads=1, progress=False)
+    with pytest.raises(OSError):  # no teacher and no baseline
+        run_report(run2, out2, **kw)
+    rep3 = run_report(run2, out2, baseline=base, **kw)
+    for name in ("teacher_50", "teacher_8"):
+        assert rep3["results"][name] == rep["results"][name]  # carried as they were
+    for g, m in rep["results"]["student_8"].items():  # measured anew: the same model draws the same
+        assert rep3["results"]["student_8"][g]["accuracy"] == m["accuracy"]
+        assert rep3["results"]["student_8"][g]["fid"] == pytest.approx(m["fid"], rel=1e-4)
+    # the twin has the teacher's architecture: the engine counts the same MACs
+    assert rep3["unet_macs_per_image"] == rep["unet_macs_per_image"]
+    assert set(rep3["latency"]) == set(rep["latency"]) and rep3["unet_call_ratio"] > 0
+    assert rep3["decoder_psnr_db"] == rep["decoder_psnr_db"]
+    assert rep3["baseline"]["carried"] == ["results.teacher_50", "results.teacher_8", "decoder_psnr_db"]
+    assert "teacher_50 (carried)" in format_table(rep3) and "student_8 (carried)" not in format_table(rep3)
+    assert (out2 / "samples.png").stat().st_size > 0
+    assert not (out2 / "teacher_pipeline").exists()
+    # a baseline of other prompts, seed or guidance scales, or no report at all, is refused up front
+    for bad_kw in ({"n": 5}, {"seed": 1}, {"guidance": (1.0, 2.0)}, {"ref_images": 32}):
+        with pytest.raises(ValueError, match="baseline"):
+            run_report(run2, tmp_path / "bad", baseline=base, **{**kw, **bad_kw})
+    (tmp_path / "junk.json").write_text("[1, 2")
+    with pytest.raises(ValueError, match="not a readable report"):
+        run_report(run2, tmp_path / "bad", baseline=tmp_path / "junk.json", **kw)
+    with pytest.raises(ValueError, match="do not go together"):
+        run_report(run2, tmp_path / "bad", baseline=base, generate_only=["teacher_8"], **kw)
