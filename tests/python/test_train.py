@@ -1087,3 +1087,49 @@ def test_world_report(parts: dict[str, Any], tmp_path: Path) -> None:
         run_report(run2, tmp_path / "bad", baseline=tmp_path / "junk.json", **kw)
     with pytest.raises(ValueError, match="do not go together"):
         run_report(run2, tmp_path / "bad", baseline=base, generate_only=["teacher_8"], **kw)
+
+
+def test_shrink_student_script(parts: dict[str, Any], tmp_path: Path) -> None:
+    """scripts/shrink_student.py: named blocks removed, self-distilled from the unpruned model,
+    exported with its parts; bad arguments are refused."""
+    pytest.importorskip("snapfusion._engine")
+    import importlib.util
+
+    from snapfusion import Pipeline
+    from snapfusion.nn import block_names
+    from snapfusion.nn.serialization import read_config
+    from snapfusion.train.export import export_pipeline
+
+    export_pipeline(tmp_path / "model", parts["tok"], parts["te"], parts["teacher"], parts["vae"],
+                    info={"num_inference_steps": 4, "guidance_scale": 3.0, "trained_with": "a test"})
+    path = Path(__file__).resolve().parents[2] / "scripts" / "shrink_student.py"
+    spec = importlib.util.spec_from_file_location("shrink_student_script", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    blocks = block_names(read_config(parts["teacher"]))
+    gone = [b for b in blocks if ".attentions." in b][:1]
+    base = ["--out", str(tmp_path / "out"), "--model", str(tmp_path / "model"), "--batch-size", "4",
+            "--pool-size", "64", "--no-progress", "--threads", "1"]
+    assert script.main([*base, "--remove", ",".join(gone), "--max-steps", "3"]) == 0
+    res = json.loads((tmp_path / "out" / "shrink.json").read_text())
+    model = tmp_path / "out" / "model"
+    assert sorted(set(blocks) - set(block_names(read_config(model / "unet")))) == gone == res["removed"]
+    assert res["distill_steps"] == 3 and 0.0 < res["engine_latency"]["ratio"] < 2.0
+    info = json.loads((model / "snapfusion_model.json").read_text())
+    assert info["num_inference_steps"] == 4 and "shrink_student.py" in info["trained_with"]
+    pipe = Pipeline.from_pretrained(model, threads=1)
+    pipe.set_progress_bar_config(disable=True)
+    img = pipe("a red circle", seed=0, output_type="np").images[0]
+    assert img.shape == (16, 16, 3) and np.isfinite(img).all()
+    # or the blocks chosen by evolution from the student, to a budget of the full architecture
+    out2 = tmp_path / "out2"
+    assert script.main([*base[2:], "--out", str(out2), "--budget", "0.9", "--max-steps", "2",
+                        "--clip", parts["clip"]]) == 0
+    res2 = json.loads((out2 / "shrink.json").read_text())
+    evo = json.loads((out2 / "evolve" / "evolution.json").read_text())
+    assert res2["removed"] and res2["removed"] == sorted(evo["removed"]) and evo["table_ratio"] <= 0.9
+    for bad in ([], ["--remove", gone[0], "--budget", "0.5"], ["--remove", "down_blocks.9.attentions.0"],
+                ["--budget", "1.5"], ["--remove", gone[0], "--minutes", "0"]):
+        with pytest.raises(SystemExit):
+            script.main([*base, *bad])

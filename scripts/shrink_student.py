@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Shrink a finished student further, with no teacher: prune blocks, then self-distil it from itself.
+
+    python scripts/shrink_student.py --out OUT --remove mid_block.resnets.1,down_blocks.2.attentions.1
+    python scripts/shrink_student.py --out OUT --budget 0.48      # choose the blocks by evolution
+
+A finished 8-step student (``--model``, default the embedded model) is the teacher of a smaller
+copy of itself:
+
+1. the blocks to remove are either named (``--remove``) or chosen by the architecture-evolution
+   recipe from the student (``--budget``, a fraction of the full teacher architecture's table
+   latency; candidates scored on 64 held-out prompts at the model's guidance scale, no
+   fine-tuning between actions). Evolution's latencies are fractions of the full network: its
+   reference is the student's architecture without ``elastic_blocks``, with random weights (the
+   engine's time does not depend on weight values);
+2. the pruned student keeps the remaining weights and is step-distilled from the unpruned one
+   at the same 8 steps (the distillation recipe with ``teacher_substeps: 1``: the target of a
+   step is the frozen student's own DDIM step, with the CFG-aware loss on a tenth of the
+   batches), batch 64, lr 1e-4 with cosine decay to 1e-5, EMA 0.998, ``--minutes`` of training;
+3. ``OUT/model`` is exported with the model's tokenizer, text encoder and autoencoder.
+
+Training images come from a pool drawn once into ``OUT/pool``. Every stage resumes (re-run the
+same command). Prints the engine's call-latency ratio of the result against the full
+architecture (batch 2, one thread). The UNet's quality is the student's at best: the student is
+the target (docs/training.md, "A smaller student from the shipped one").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+try:
+    import snapfusion  # noqa: F401
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def full_twin(student_unet: Path, out: Path) -> Path:
+    """The student's UNet architecture without pruning, random weights (latency reference)."""
+    import torch
+
+    from snapfusion.nn import UNet2DConditionModel
+    from snapfusion.nn.serialization import read_config
+
+    if not (out / "config.json").is_file():
+        torch.manual_seed(0)
+        cfg = {k: v for k, v in read_config(student_unet).items() if k != "elastic_blocks"}
+        UNet2DConditionModel(cfg).save_pretrained(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from snapfusion.pipeline import default_model_path
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output folder (re-run the same command to resume)")
+    p.add_argument("--model", default=None, help="pipeline folder of the student (default: the embedded model)")
+    p.add_argument("--clip", default=None, help="world CLIP folder for --budget (default: the embedded one)")
+    p.add_argument("--remove", default="", help="comma-separated blocks to remove, e.g. mid_block.resnets.1")
+    p.add_argument("--budget", type=float, default=0.0, help="or: evolve to this fraction of the full latency")
+    p.add_argument("--evolve-minutes", type=float, default=10.0)
+    p.add_argument("--minutes", type=float, default=75.0, help="self-distillation minutes")
+    p.add_argument("--max-steps", type=int, default=0, help="stop the distillation after this many steps (0: none)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--pool-size", type=int, default=32768)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    removed = [b for b in args.remove.split(",") if b]
+    if bool(removed) == (args.budget > 0):
+        p.error("give either --remove or --budget")
+    if not 0.0 <= args.budget < 1.0 or args.minutes <= 0 or args.evolve_minutes <= 0 or args.max_steps < 0:
+        p.error("need 0 < --budget < 1, positive minutes and --max-steps >= 0")
+    if args.pool_size < 64 or args.batch_size < 1:
+        p.error("need --pool-size >= 64 and --batch-size >= 1")
+
+    import torch
+
+    from snapfusion.nn import UNet2DConditionModel, block_names
+    from snapfusion.nn.serialization import read_config
+    from snapfusion.train.data import get_pool
+    from snapfusion.train.distill import DistillRecipeConfig, distill
+    from snapfusion.train.evolution import EvolveRecipeConfig, _engine_latency, evolve, prune_unet
+    from snapfusion.train.export import export_pipeline, folder_size_bytes
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = Path(args.model) if args.model else default_model_path()
+    out = Path(args.out).resolve()
+    progress = not args.no_progress
+    for sub in ("tokenizer", "text_encoder", "unet", "vae", "snapfusion_model.json"):
+        if not (model / sub).exists():
+            p.error(f"{model / sub} is missing: --model must be a pipeline folder")
+    info = json.loads((model / "snapfusion_model.json").read_text(encoding="utf-8"))
+    steps, guidance = int(info.get("num_inference_steps", 8)), float(info.get("guidance_scale", 3.0))
+    unet_cfg = read_config(model / "unet")
+    unknown = sorted(set(removed) - set(block_names(unet_cfg)))
+    if unknown:
+        p.error(f"not blocks of this UNet: {unknown}")
+    tok = str(model / "tokenizer")
+    parts = {"tokenizer": tok, "text_encoder": str(model / "text_encoder"), "vae": str(model / "vae")}
+    size = int(read_config(model / "vae").get("sample_size", 64))
+    get_pool(out / "pool", args.pool_size, seed=0, size=size, workers=os.cpu_count() or 1, progress=progress,
+             tokenizer_dir=tok)
+    data = {"pool_dir": str(out / "pool"), "pool_size": args.pool_size, "pool_seed": 0, "image_size": size}
+    reference = full_twin(model / "unet", out / "reference")
+    times: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    if removed:
+        pruned = out / "pruned"
+        if not (pruned / "config.json").is_file():
+            prune_unet(UNet2DConditionModel.from_pretrained(model / "unet"), removed).save_pretrained(pruned)
+    else:
+        clip = Path(args.clip) if args.clip else default_model_path().parent / "world_clip"
+        ecfg = EvolveRecipeConfig(**parts, clip=str(clip), init=str(model / "unet"), reference=str(reference),
+                                  out=str(out / "evolve"), budget=args.budget, eval_prompts=64, eval_steps=steps,
+                                  guidance=guidance, eval_seed=3, ref_images=512, finetune_steps=0, data=data,
+                                  train={"batch_size": args.batch_size, "lr": 5e-5, "max_steps": 0,
+                                         "max_minutes": args.evolve_minutes, "ckpt_minutes": 5, "seed": 0,
+                                         "ema_decay": 0.0, "min_lr_ratio": 1.0})
+        evolve(ecfg, args.device, progress)
+        pruned = out / "evolve" / "unet"
+        removed = sorted(set(block_names(unet_cfg)) - set(block_names(read_config(pruned))))
+    times["prune"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    dcfg = DistillRecipeConfig(**parts, teacher=str(model / "unet"), student=str(pruned), out=str(out / "distill"),
+                               student_steps=steps, teacher_substeps=1, data=data,
+                               train={"batch_size": args.batch_size, "lr": 1e-4, "warmup_steps": 20,
+                                      "ema_decay": 0.998, "max_steps": args.max_steps, "max_minutes": args.minutes,
+                                      "ckpt_minutes": 5, "log_every": 10, "seed": 7, "min_lr_ratio": 0.1})
+    dsum = distill(dcfg, args.device, progress)
+    times["distill"] = time.perf_counter() - t0
+
+    blocks = ",".join(removed) if args.remove else f"evolution to {args.budget:g}"
+    new_info = {**info, "num_inference_steps": steps, "guidance_scale": guidance,
+                "trained_with": f"{info.get('trained_with', '?')}; then scripts/shrink_student.py ({blocks}; "
+                                f"{dsum['steps']} self-distillation steps of {args.batch_size})"}
+    folder = export_pipeline(out / "model", tok, parts["text_encoder"], out / "distill" / "unet", parts["vae"],
+                             info=new_info)
+    lat = _engine_latency(reference, folder / "unet", int(read_config(model / "text_encoder")
+                                                              .get("max_position_embeddings", 77)), 1)
+    res = {"model": str(folder), "bytes": folder_size_bytes(folder), "removed": removed,
+           "distill_steps": dsum["steps"], "seconds_this_session": times, **lat}
+    (out / "shrink.json").write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=1), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
