@@ -9,7 +9,8 @@ copy of itself:
 
 1. the blocks to remove are either named (``--remove``) or chosen by the architecture-evolution
    recipe from the student (``--budget``, a fraction of the full teacher architecture's table
-   latency; candidates scored on 64 held-out prompts at the model's guidance scale, no
+   latency; candidates scored on 64 held-out prompts at the model's guidance scale by CLIP
+   score, world-FID and the exact checker's attribute accuracy, ``accuracy_weight`` 1; no
    fine-tuning between actions). Evolution's latencies are fractions of the full network: its
    reference is the student's architecture without ``elastic_blocks``, with random weights (the
    engine's time does not depend on weight values);
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         clip = Path(args.clip) if args.clip else default_model_path().parent / "world_clip"
         ecfg = EvolveRecipeConfig(**parts, clip=str(clip), init=str(model / "unet"), reference=str(reference),
                                   out=str(out / "evolve"), budget=args.budget, eval_prompts=64, eval_steps=steps,
-                                  guidance=guidance, eval_seed=3, ref_images=512, finetune_steps=0, data=data,
+                                  guidance=guidance, eval_seed=3, ref_images=512, finetune_steps=0, accuracy_weight=1.0,
+                                  data=data,
                                   train={"batch_size": args.batch_size, "lr": 5e-5, "max_steps": 0,
                                          "max_minutes": args.evolve_minutes, "ckpt_minutes": 5, "seed": 0,
                                          "ema_decay": 0.0, "min_lr_ratio": 1.0})

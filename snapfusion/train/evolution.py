@@ -4,8 +4,8 @@ Inputs: the robust-trained elastic UNet, a per-block latency lookup table
 (:mod:`snapfusion.train.latency`) and a latency budget (a fraction of the full network's
 table latency, default 0.5).
 
-Value of an architecture: ``score = world CLIP score - fid_weight * world-FID`` of images
-generated for ``eval_prompts`` held-out evaluation prompts (``eval_steps`` DDIM steps, CFG
+Value of an architecture: ``score = world CLIP score - fid_weight * world-FID
++ accuracy_weight * attribute accuracy (%)`` (:func:`evolution_score`) of images generated for ``eval_prompts`` held-out evaluation prompts (``eval_steps`` DDIM steps, CFG
 ``guidance``, the same noise for every candidate: common random numbers make small
 differences meaningful). A sub-network is evaluated without rebuilding it: the elastic model
 is run in training mode with its removed blocks (and the candidate) forced to drop with
@@ -60,7 +60,7 @@ from .latency import engine_available, estimate_latency, get_table
 from .robust import DropConfig, drop_generator
 from .world import DiffusionLossConfig, LatentWorld, diffusion_loss, freeze
 
-__all__ = ["EvolveRecipeConfig", "evolve", "EvolutionSearch", "prune_unet", "prune_like"]
+__all__ = ["EvolveRecipeConfig", "evolve", "EvolutionSearch", "evolution_score", "prune_unet", "prune_like"]
 
 
 @dataclass
@@ -95,6 +95,10 @@ class EvolveRecipeConfig:
         eval_seed: prompt / noise seed.
         ref_images: real images for the world-FID reference.
         fid_weight: weight of world-FID in the score.
+        accuracy_weight: weight of the attribute accuracy (percent of prompts the world's
+            exact checker reads back right) in the score; 0 leaves it out. The CLIP score
+            and world-FID move little when a block that binds colours or shapes to the text
+            goes, the checker sees it (docs/training.md, "A smaller student").
         allow_add_back: re-add blocks when within budget.
         max_actions: action limit.
         keep: blocks the search never removes (e.g. the cross-attention blocks at the highest
@@ -129,6 +133,7 @@ class EvolveRecipeConfig:
     eval_seed: int = 0
     ref_images: int = 512
     fid_weight: float = 10.0
+    accuracy_weight: float = 0.0
     allow_add_back: bool = True
     max_actions: int = 64
     max_candidates: int = 0
@@ -365,6 +370,14 @@ class EvolutionSearch:
         return recs
 
 
+def evolution_score(metrics: dict[str, float], fid_weight: float, accuracy_weight: float = 0.0) -> float:
+    """``clip_score - fid_weight * fid + accuracy_weight * 100 * accuracy`` (higher is better)."""
+    score = metrics["clip_score"] - fid_weight * metrics["fid"]
+    if accuracy_weight:
+        score += accuracy_weight * 100.0 * metrics["accuracy"]
+    return float(score)
+
+
 def prune_unet(elastic_unet: torch.nn.Module, removed: Sequence[str]) -> torch.nn.Module:
     """A UNet whose config removes ``removed`` (``elastic_blocks``), holding the kept weights."""
     from snapfusion.nn import UNet2DConditionModel, with_blocks_removed
@@ -465,6 +478,10 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
         if ref_config.get("elastic_blocks") is not None:
             raise ValueError(f"reference {cfg.reference} is pruned itself: it must be the full UNet")
         _check_pruned_of(init_config, ref_config, cfg.init, cfg.reference)
+    for name in ("fid_weight", "accuracy_weight"):
+        w = getattr(cfg, name)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
     keep = set(cfg.keep)
     unknown = sorted(keep - set(block_names(full_config)))
     if unknown:
@@ -505,9 +522,9 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
         unet.set_block_drop(probs={b: 1.0 for b in removed})
         images = world.generate(unet, evaluator.prompts, steps=cfg.eval_steps, guidance=cfg.guidance,
                                 seed=cfg.eval_seed)
-        m = evaluator.evaluate(images)
+        m = evaluator.evaluate(images, accuracy=cfg.accuracy_weight > 0)
         n_evals[0] += 1
-        return m["clip_score"] - cfg.fid_weight * m["fid"]
+        return evolution_score(m, cfg.fid_weight, cfg.accuracy_weight)
 
     names = [b for b in block_names(init_config) if b not in keep]
     param_costs = {b: sum(p.numel() for n, p in unet.named_parameters() if n.startswith(b + "."))
@@ -618,10 +635,10 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
             pruned.check_inputs = False
             img = world.generate(pruned, evaluator.prompts, steps=cfg.eval_steps, guidance=cfg.guidance,
                                  seed=cfg.eval_seed)
-            summary["final_eval"] = evaluator.evaluate(img)
+            summary["final_eval"] = evaluator.evaluate(img, accuracy=True)
             img = world.generate(teacher if teacher is not None else unet.eval(), evaluator.prompts,
                                  steps=cfg.eval_steps, guidance=cfg.guidance, seed=cfg.eval_seed)
-            summary["start_eval"] = evaluator.evaluate(img)
+            summary["start_eval"] = evaluator.evaluate(img, accuracy=True)
         summary.update(_engine_latency(reference, out / "unet", text_len, cfg.latency_threads))
         (out / "evolution.json").write_text(json.dumps(summary, indent=2) + "\n")
         (out / "recipe_config.json").write_text(json.dumps(config_dict(cfg), indent=2) + "\n")

@@ -429,12 +429,28 @@ def test_evolve_recipe_meets_budget(parts: dict[str, Any], tmp_path: Path) -> No
         tokenizer=parts["tok"], text_encoder=parts["te"], vae=parts["vae"], clip=parts["clip"],
         init=parts["teacher"], out=str(tmp_path / "evolve_keep"), budget=0.4, latency_table=str(tpath),
         eval_prompts=2, eval_steps=1, ref_images=8, finetune_steps=0, max_actions=20, data=parts["data"],
-        keep=kept, train=_train(batch_size=2, max_steps=0, max_minutes=5.0, lr=1e-4, ema_decay=0.0))
+        keep=kept, accuracy_weight=1.0,
+        train=_train(batch_size=2, max_steps=0, max_minutes=5.0, lr=1e-4, ema_decay=0.0))
     res_keep = evolve(cfg_keep, progress=False)
     assert res_keep["table_ratio"] <= 0.4 + 1e-9 and not set(kept) & set(res_keep["removed"])
+    assert 0.0 <= res_keep["final_eval"]["accuracy"] <= 1.0  # scored with the checker too
+    for bad in (-1.0, float("nan"), True, "1"):
+        cfg_keep.accuracy_weight, cfg_keep.out = bad, str(tmp_path / "evolve_bad")
+        with pytest.raises(ValueError, match="accuracy_weight must be"):
+            evolve(cfg_keep, progress=False)
+    cfg_keep.accuracy_weight = 0.0
     cfg_keep.keep, cfg_keep.out = ["down_blocks.9.attentions.0"], str(tmp_path / "evolve_bad")
     with pytest.raises(ValueError, match="keep names blocks"):
         evolve(cfg_keep, progress=False)
+
+
+def test_evolution_score() -> None:
+    from snapfusion.train.evolution import evolution_score
+
+    m = {"clip_score": 90.0, "fid": 0.5, "accuracy": 0.25}
+    assert evolution_score(m, 10.0) == pytest.approx(85.0)
+    assert evolution_score(m, 10.0, 2.0) == pytest.approx(85.0 + 50.0)
+    assert evolution_score({"clip_score": 90.0, "fid": 0.5}, 10.0) == pytest.approx(85.0)  # no accuracy needed
 
 
 def test_evolve_recipe_engine_budget(parts: dict[str, Any], tmp_path: Path, monkeypatch: Any) -> None:
