@@ -43,20 +43,6 @@ except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def full_twin(student_unet: Path, out: Path) -> Path:
-    """The student's UNet architecture without pruning, random weights (latency reference)."""
-    import torch
-
-    from snapfusion.nn import UNet2DConditionModel
-    from snapfusion.nn.serialization import read_config
-
-    if not (out / "config.json").is_file():
-        torch.manual_seed(0)
-        cfg = {k: v for k, v in read_config(student_unet).items() if k != "elastic_blocks"}
-        UNet2DConditionModel(cfg).save_pretrained(out)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     from snapfusion.pipeline import default_model_path
 
@@ -91,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from snapfusion.train.distill import DistillRecipeConfig, distill
     from snapfusion.train.evolution import EvolveRecipeConfig, _engine_latency, evolve, prune_unet
     from snapfusion.train.export import export_pipeline, folder_size_bytes
+    from snapfusion.train.report import architecture_twin
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,8 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     for sub in ("tokenizer", "text_encoder", "unet", "vae", "snapfusion_model.json"):
         if not (model / sub).exists():
             p.error(f"{model / sub} is missing: --model must be a pipeline folder")
-    info = json.loads((model / "snapfusion_model.json").read_text(encoding="utf-8"))
-    steps, guidance = int(info.get("num_inference_steps", 8)), float(info.get("guidance_scale", 3.0))
+    try:
+        info = json.loads((model / "snapfusion_model.json").read_text(encoding="utf-8"))
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+        steps, guidance = int(info.get("num_inference_steps", 8)), float(info.get("guidance_scale", 3.0))
+    except (OSError, UnicodeDecodeError, TypeError, ValueError) as e:
+        p.error(f"{model / 'snapfusion_model.json'} is not readable: {e}")
     unet_cfg = read_config(model / "unet")
     unknown = sorted(set(removed) - set(block_names(unet_cfg)))
     if unknown:
@@ -112,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     get_pool(out / "pool", args.pool_size, seed=0, size=size, workers=os.cpu_count() or 1, progress=progress,
              tokenizer_dir=tok)
     data = {"pool_dir": str(out / "pool"), "pool_size": args.pool_size, "pool_seed": 0, "image_size": size}
-    reference = full_twin(model / "unet", out / "reference")
+    reference = architecture_twin(model, out) / "unet"  # the full architecture, random weights
     times: dict[str, float] = {}
 
     t0 = time.perf_counter()

@@ -5,7 +5,8 @@ Inputs: the robust-trained elastic UNet, a per-block latency lookup table
 table latency, default 0.5).
 
 Value of an architecture: ``score = world CLIP score - fid_weight * world-FID
-+ accuracy_weight * attribute accuracy (%)`` (:func:`evolution_score`) of images generated for ``eval_prompts`` held-out evaluation prompts (``eval_steps`` DDIM steps, CFG
++ accuracy_weight * attribute accuracy (%)`` (:func:`evolution_score`) of images generated
+for ``eval_prompts`` held-out evaluation prompts (``eval_steps`` DDIM steps, CFG
 ``guidance``, the same noise for every candidate: common random numbers make small
 differences meaningful). A sub-network is evaluated without rebuilding it: the elastic model
 is run in training mode with its removed blocks (and the candidate) forced to drop with
@@ -455,6 +456,10 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
     from .clip import WorldCLIP
     from .evaluate import WorldEvaluator
 
+    for name in ("fid_weight", "accuracy_weight"):  # before loading anything
+        w = getattr(cfg, name)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
     env = setup_env(device)
     tcfg = load_config(TrainConfig, cfg.train)
     lcfg = load_config(DiffusionLossConfig, cfg.loss)
@@ -478,10 +483,6 @@ def evolve(cfg: EvolveRecipeConfig, device: str = "cpu", progress: bool = True,
         if ref_config.get("elastic_blocks") is not None:
             raise ValueError(f"reference {cfg.reference} is pruned itself: it must be the full UNet")
         _check_pruned_of(init_config, ref_config, cfg.init, cfg.reference)
-    for name in ("fid_weight", "accuracy_weight"):
-        w = getattr(cfg, name)
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
     keep = set(cfg.keep)
     unknown = sorted(keep - set(block_names(full_config)))
     if unknown:

@@ -65,20 +65,18 @@ def architecture_twin(student: Path, out: Path) -> Path:
     blocks and changes nothing else); its autoencoder config is the student's without the
     ``decoder_*`` keys (decoder distillation changes only the decoder's channels and groups).
     """
-    import torch
-
-    from snapfusion.nn import AutoencoderKL, UNet2DConditionModel
+    from snapfusion.nn import AutoencoderKL
     from snapfusion.nn.serialization import read_config
 
     from .export import export_pipeline
+    from .latency import _save_random_unet
 
     folder = out / "teacher_twin"
     if (folder / "model_index.json").is_file():
         return folder
     parts = out / "teacher_twin_parts"
-    torch.manual_seed(0)
     unet_cfg = {k: v for k, v in read_config(student / "unet").items() if k != "elastic_blocks"}
-    UNet2DConditionModel(unet_cfg).save_pretrained(parts / "unet")
+    _save_random_unet(unet_cfg, parts / "unet", None)  # seeds torch
     vae_cfg = {k: v for k, v in read_config(student / "vae").items() if not k.startswith("decoder_")}
     AutoencoderKL(vae_cfg).save_pretrained(parts / "vae")
     return export_pipeline(folder, student / "tokenizer", student / "text_encoder", parts / "unet", parts / "vae",
@@ -113,6 +111,12 @@ def load_baseline(path: str | os.PathLike[str], n: int, seed: int, gnames: Seque
     if not isinstance(base.get("decoder_psnr_db"), dict):
         raise ValueError(f"baseline {path}: no decoder_psnr_db")
     return base
+
+
+def _row_line(name: str, gname: str, m: dict[str, Any], note: str = "") -> str:
+    """One printed line of a model's metrics at one guidance scale."""
+    return (f"{name:11s} g={gname:>3s}  FID {m['fid']:.4f}  CLIP {m['clip_score']:.2f}  "
+            f"acc {m['accuracy']:.3f}  acc(1 obj) {m['accuracy_single']:.3f}{note}")
 
 
 def generate(pipe: Any, prompts: Sequence[str], steps: int, guidance: float, seed: int, chunk: int,
@@ -330,9 +334,7 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
             report["results"][name] = base["results"][name]
             if progress:
                 for gname in gnames:
-                    m = base["results"][name][gname]
-                    print(f"{name:11s} g={gname:>3s}  FID {m['fid']:.4f}  CLIP {m['clip_score']:.2f}  "
-                          f"acc {m['accuracy']:.3f}  acc(1 obj) {m['accuracy_single']:.3f}  (carried)", flush=True)
+                    print(_row_line(name, gname, base["results"][name][gname], "  (carried)"), flush=True)
             continue
         rows: dict[str, Any] = {}
         for g, gname in zip(guidance, gnames):
@@ -347,8 +349,7 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
             metrics["generation_seconds_per_image"] = secs / len(images)
             rows[gname] = metrics
             if progress:
-                print(f"{name:11s} g={gname:>3s}  FID {metrics['fid']:.4f}  CLIP {metrics['clip_score']:.2f}  "
-                      f"acc {metrics['accuracy']:.3f}  acc(1 obj) {metrics['accuracy_single']:.3f}", flush=True)
+                print(_row_line(name, gname, metrics), flush=True)
         report["results"][name] = rows
     cases = {f"{name}_{'cfg' if cfg_on else 'nocfg'}": (pipes[key], steps, 2.0 if cfg_on else 1.0)
              for name, (key, steps) in MODELS.items() for cfg_on in (False, True)}

@@ -1149,3 +1149,8 @@ def test_shrink_student_script(parts: dict[str, Any], tmp_path: Path) -> None:
                 ["--budget", "1.5"], ["--remove", gone[0], "--minutes", "0"]):
         with pytest.raises(SystemExit):
             script.main([*base, *bad])
+    broken = tmp_path / "broken"  # a model folder whose snapfusion_model.json is not JSON
+    shutil.copytree(tmp_path / "model", broken)
+    (broken / "snapfusion_model.json").write_text("{\"num_inference_steps\": ")
+    with pytest.raises(SystemExit):
+        script.main([*base[:2], "--model", str(broken), *base[4:], "--remove", gone[0]])
