@@ -26,7 +26,7 @@ LIBS := -lXNNPACK -lpthreadpool -lm -lpthread
 .PHONY: demo test test-c test-py build deps apt venv clean bench train-default sf-txt2img
 .SECONDARY:
 
-DEMO_PROMPT ?= a big red circle above a small blue square on a white background
+DEMO_PROMPT ?= a red circle above a small blue square
 demo: build
 	$(PY) -m snapfusion generate "$(DEMO_PROMPT)" -o demo.png --upscale 4
 	@echo "demo.png: the embedded default model's picture of \"$(DEMO_PROMPT)\" (make demo DEMO_PROMPT=... for another)"

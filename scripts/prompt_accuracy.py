@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout", type=int, default=0, metavar="N",
                    help="also score N held-out prompts, full and partial (one image each)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--no-complete", action="store_true",
+                   help="draw prompts as given, without the model's prompt completion")
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
@@ -52,12 +54,15 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"not a prompt of the world's grammar: {exc}")
     pipe = Pipeline.from_pretrained(args.model, threads=args.threads)
     pipe.set_progress_bar_config(disable=True)
-    kw = {} if args.guidance is None else {"guidance_scale": args.guidance}
+    kw: dict = {} if args.guidance is None else {"guidance_scale": args.guidance}
+    if args.no_complete:
+        kw["complete_prompt"] = False
 
     def to_u8(image: np.ndarray) -> np.ndarray:  # the pipeline's float [0, 1] -> what the checker reads
         return (np.asarray(image) * 255).round().astype(np.uint8)
 
-    print(f"| prompt | drawn right ({pipe.name}, seeds 0-{args.seeds - 1}) |\n|---|---|")
+    how = "as given" if args.no_complete or "prompt_completion" not in pipe.recommended else "completed"
+    print(f"| prompt | drawn right ({pipe.name}, prompts {how}, seeds 0-{args.seeds - 1}) |\n|---|---|")
     for prompt in args.prompts:
         right = 0
         for seed in range(args.seeds):

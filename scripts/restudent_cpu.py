@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     dsum = distill(dcfg, "cpu", progress)
     times["distill"] = time.perf_counter() - t0
 
-    info = {"num_inference_steps": 8, "guidance_scale": args.guidance,
+    info = {"num_inference_steps": 8, "guidance_scale": args.guidance, "prompt_completion": "shapes-world",
             "trained_with": f"scripts/restudent_cpu.py --budget {args.budget:g} --tighten {args.tighten:g} "
                             f"--evolve-minutes {args.evolve_minutes:g} --distill-minutes {args.distill_minutes:g} "
                             f"on the teacher of {run.name}"}

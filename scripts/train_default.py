@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["guidance_scale"] = float(best)
         summary["teacher"] = quick_eval(paths["teacher"], steps=prof["eval"]["teacher_steps"], guidance=float(best))
         summary["evolved_8_steps_before_distill"] = quick_eval(paths["evolved"], steps=8, guidance=float(best))
-        info = {"num_inference_steps": 8, "guidance_scale": float(best),
+        info = {"num_inference_steps": 8, "guidance_scale": float(best), "prompt_completion": "shapes-world",
                 "world_metrics": sweep[best], "trained_with": "scripts/train_default.py",
                 "budget_minutes": args.budget_minutes, "device": args.device}
         folder = export_pipeline(paths["model"], tok_dir, paths["text_encoder"], paths["student"],
@@ -636,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
 
         best = float(final["guidance_scale"])
         summary["after"] = quick_eval(unet, steps=8, guidance=best, vae_dir=paths["small_vae"])
-        info = {"num_inference_steps": 8, "guidance_scale": best, "world_metrics": summary["after"],
+        info = {"num_inference_steps": 8, "guidance_scale": best, "prompt_completion": "shapes-world",
+                "world_metrics": summary["after"],
                 "trained_with": f"scripts/train_default.py {flags}", "budget_minutes": args.budget_minutes,
                 **extra, "device": args.device}
         folder = export_pipeline(paths["model"], tok_dir, paths["text_encoder"], unet, paths["small_vae"],

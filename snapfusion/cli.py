@@ -42,8 +42,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         args.guidance = float(pipe.recommended.get("guidance_scale", 7.5))
     width, height = args.size if args.size else (None, None)
     out = pipe(args.prompt, negative_prompt=args.negative, num_inference_steps=args.steps,
-               guidance_scale=args.guidance, height=height, width=width, seed=args.seed)
+               guidance_scale=args.guidance, height=height, width=width, seed=args.seed,
+               complete_prompt=False if args.no_complete else None)
     image = out.images[0]
+    drawn = out.prompts[0]
+    if drawn != args.prompt:
+        print(f"prompt completed to {drawn!r} (--no-complete draws it as given)")
     if args.upscale > 1:  # for viewing small models' pictures; nearest keeps the pixels exact
         from PIL import Image
 
@@ -53,6 +57,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "guidance_scale": args.guidance, "seed": args.seed, "size": list(image.size),
         "scheduler": type(pipe.scheduler).__name__, "model": pipe.name, "upscale": args.upscale,
     }
+    if drawn != args.prompt:
+        params["completed_prompt"] = drawn
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", json.dumps(params))
     info.add_text("software", "snapfusion")
@@ -199,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="one model in memory at a time (loaded for its stage only)")
     g.add_argument("--upscale", type=_positive, default=1,
                    help="enlarge the written PNG N times (nearest neighbour), e.g. 4 for 64x64 models")
+    g.add_argument("--no-complete", action="store_true",
+                   help="draw the prompt as given, even for a model that completes prompts of its "
+                        "world that leave attributes out (the embedded model)")
 
     i = sub.add_parser("info", help="components, parameter counts and MACs of a model")
     i.add_argument("model", nargs="?", default=None)

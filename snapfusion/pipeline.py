@@ -11,6 +11,7 @@ composes them and reports the seconds spent in each.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,10 @@ from .tokenizer import CLIPTokenizer
 
 #: Where the embedded default model lives inside the package.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models"
+#: Prompt completions a model folder may ask for (``"prompt_completion"`` in its
+#: ``snapfusion_model.json``): ``"shapes-world"`` fills in what a caption of the synthetic
+#: world leaves out (:func:`snapfusion.data.complete_caption`).
+PROMPT_COMPLETIONS = ("shapes-world",)
 
 
 @dataclass
@@ -40,11 +45,15 @@ class PipelineOutput:
         timings: seconds per stage: ``tokenize``, ``text_encoder``, ``unet`` (one entry per
             denoising step), ``scheduler`` (all steps), ``decoder`` and ``total``.
         stopped_early: True if ``callback_on_step_end`` returned False.
+        prompts: the prompt each image was drawn from, as the text encoder read it: the
+            caller's prompt, or its completion (see ``Pipeline.__call__``'s
+            ``complete_prompt``).
     """
 
     images: Any
     timings: dict[str, Any] = field(default_factory=dict)
     stopped_early: bool = False
+    prompts: list[str] = field(default_factory=list)
 
 
 #: UNet calls (batch 1, default size) under this many multiply-accumulates run on one thread
@@ -268,6 +277,7 @@ class Pipeline:
         output_type: str = "pil",
         callback_on_step_end: Callable[[int, Any, np.ndarray], Any] | None = None,
         clip_skip: int | None = None,
+        complete_prompt: bool | None = None,
     ) -> PipelineOutput:
         """Generate images. Arguments as diffusers' ``StableDiffusionPipeline.__call__``.
 
@@ -278,6 +288,15 @@ class Pipeline:
         same image bit for bit at the same thread count; a ``torch.Generator`` draws it
         exactly as diffusers does. ``callback_on_step_end(step, timestep, latents)`` runs
         after each step; returning ``False`` stops the loop.
+
+        ``complete_prompt`` (default: on for models whose ``snapfusion_model.json`` names a
+        ``prompt_completion``, the embedded world model's ``"shapes-world"``): a prompt of the
+        synthetic world's grammar that leaves out a size, a colour or the background (which
+        its training captions always state) is completed first, the missing attributes drawn
+        as the world draws them given the stated ones (:func:`snapfusion.data.complete_caption`),
+        independently for each image and reproducibly from its initial noise. Other prompts,
+        and prompts that state everything, are read as given. ``PipelineOutput.prompts`` has
+        what was drawn; negative prompts are never completed.
         """
         t_start = time.perf_counter()
         prompts = self._as_list(prompt, "prompt")
@@ -304,14 +323,16 @@ class Pipeline:
         if output_type not in ("pil", "np", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'latent', not {output_type!r}")
         height, width = self._image_size(height, width)
+        if complete_prompt is None:
+            complete_prompt = self.recommended.get("prompt_completion") is not None
+        if not isinstance(complete_prompt, bool):
+            raise TypeError(f"complete_prompt must be a bool or None, got {type(complete_prompt).__name__}")
         do_cfg = g > 1.0
         timings: dict[str, Any] = {}
 
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         if negs is not None:
             negs = [p for p in negs for _ in range(num_images_per_prompt)]
-        ctx = self.encode_prompt(prompts, negs, do_cfg, clip_skip, timings)
-        self._stage_done(self.text_encoder)
         batch = len(prompts)
         shape = (batch, self.unet.in_channels, height // self.vae_scale_factor,
                  width // self.vae_scale_factor)
@@ -322,6 +343,10 @@ class Pipeline:
             latents = np.asarray(latents, dtype=np.float32)
             if latents.shape != shape:
                 raise ValueError(f"latents: expected shape {shape}, got {latents.shape}")
+        if complete_prompt:
+            prompts = _complete_prompts(prompts, latents)
+        ctx = self.encode_prompt(prompts, negs, do_cfg, clip_skip, timings)
+        self._stage_done(self.text_encoder)
         sch = self.scheduler
         sch.set_timesteps(num_inference_steps)
         latents = (latents * np.float32(sch.init_noise_sigma)).astype(np.float32)
@@ -377,7 +402,7 @@ class Pipeline:
 
                 images = [Image.fromarray((im * 255).round().astype(np.uint8)) for im in images]
         timings["total"] = time.perf_counter() - t_start
-        return PipelineOutput(images=images, timings=timings, stopped_early=stopped)
+        return PipelineOutput(images=images, timings=timings, stopped_early=stopped, prompts=prompts)
 
     generate = __call__
 
@@ -436,9 +461,23 @@ class Pipeline:
         }
 
 
+def _complete_prompts(prompts: list[str], latents: np.ndarray) -> list[str]:
+    """Each prompt completed (:func:`snapfusion.data.complete_caption`) with a random source
+    seeded by a hash of its image's initial noise: the same noise, the same completion."""
+    from .data.captions import complete_caption
+
+    out = []
+    for prompt, noise in zip(prompts, latents):
+        digest = hashlib.blake2b(np.ascontiguousarray(noise).tobytes(), digest_size=16).digest()
+        rng = np.random.default_rng(np.frombuffer(digest, dtype=np.uint32).tolist())
+        out.append(complete_caption(prompt, rng))
+    return out
+
+
 def _read_recommended(path: Path) -> dict[str, Any]:
-    """``num_inference_steps`` and ``guidance_scale`` from a model's ``snapfusion_model.json``
-    (absent file: none; a malformed one is an error naming the file)."""
+    """``num_inference_steps``, ``guidance_scale`` and ``prompt_completion`` from a model's
+    ``snapfusion_model.json`` (absent file: none; a malformed one is an error naming the
+    file)."""
     if not path.is_file():
         return {}
     info = read_json_object(path, "model info file")[1]
@@ -453,6 +492,12 @@ def _read_recommended(path: Path) -> dict[str, Any]:
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not np.isfinite(g):
             raise ValueError(f"{path}: guidance_scale must be a finite number, got {g!r}")
         out["guidance_scale"] = float(g)
+    completion = info.get("prompt_completion")
+    if completion is not None:
+        if completion not in PROMPT_COMPLETIONS:
+            raise ValueError(f"{path}: prompt_completion must be one of {PROMPT_COMPLETIONS}, "
+                             f"got {completion!r}")
+        out["prompt_completion"] = completion
     return out
 
 
@@ -469,4 +514,4 @@ def save_model_index(folder: PathLike, scheduler_class: str) -> None:
     Path(folder, "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-__all__ = ["Pipeline", "PipelineOutput", "default_model_path", "save_model_index"]
+__all__ = ["PROMPT_COMPLETIONS", "Pipeline", "PipelineOutput", "default_model_path", "save_model_index"]

@@ -15,6 +15,8 @@ from __future__ import annotations
 from snapfusion.data.captions import (
     CaptionSpec,
     ObjectSpec,
+    complete_caption,
+    complete_spec,
     describe,
     mutate_spec,
     parse_caption,
@@ -63,6 +65,8 @@ __all__ = [
     "WorldObject",
     "accuracy",
     "check",
+    "complete_caption",
+    "complete_spec",
     "describe",
     "detect",
     "draw_scene",

@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from snapfusion.data.scene import (
+    BACKGROUNDS,
+    COLOR_NAMES,
     COLORS,
     INVERSE_RELATION,
     RELATIONS,
@@ -352,6 +354,89 @@ def partial_caption(caption: str, rng: np.random.Generator, p: float) -> str:
         return caption
     return describe(spec, rng, full=spec.region is not None, omit_size=no_size, omit_background=no_bg)
 
+
+
+def complete_spec(spec: CaptionSpec, rng: np.random.Generator) -> CaptionSpec:
+    """Fill in what a caption spec leaves out, drawn as the world draws its scenes.
+
+    The world draws the background uniformly from :data:`~snapfusion.data.scene.BACKGROUNDS`,
+    each object's colour uniformly from the other colours, and each size uniformly; given the
+    attributes a spec states, the attributes it leaves out are therefore drawn here as:
+
+    * background: uniform over the backgrounds that no stated object colour rules out;
+    * object colour: uniform over the colours other than the background (for two objects,
+      other than a colour that would make them the same colour and shape);
+    * size: ``small`` or ``big`` with probability 1/2 each.
+
+    A single object's region is left as it is: the world's training captions leave it out
+    too. Stated attributes are never changed.
+
+    Args:
+        spec: A caption spec (e.g. from :func:`parse_caption`).
+        rng: Source of the drawn attributes.
+
+    Returns:
+        A spec stating every colour, size and the background.
+
+    Raises:
+        TypeError: If ``spec`` is not a CaptionSpec or ``rng`` not a numpy Generator.
+    """
+    if not isinstance(spec, CaptionSpec):
+        raise TypeError(f"expected a CaptionSpec, got {type(spec).__name__}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
+    background = spec.background
+    if background is None:
+        stated = {o.color for o in spec.objects}
+        options = [b for b in BACKGROUNDS if b not in stated] or list(BACKGROUNDS)
+        background = options[int(rng.integers(len(options)))]
+    objects = list(spec.objects)
+    for i, o in enumerate(objects):
+        color = o.color
+        if color is None:
+            others = [x for j, x in enumerate(objects) if j != i]
+            options = [c for c in COLOR_NAMES if c != background
+                       and not any(x.color == c and x.shape == o.shape for x in others)]
+            color = options[int(rng.integers(len(options)))]
+        size = o.size if o.size is not None else SIZES[int(rng.integers(len(SIZES)))]
+        objects[i] = ObjectSpec(shape=o.shape, color=color, size=size)
+    return replace(spec, objects=tuple(objects), background=background)
+
+
+def complete_caption(caption: str, rng: np.random.Generator) -> str:
+    """A caption of the world with what it leaves out filled in (:func:`complete_spec`).
+
+    The world's training captions state every colour, every size and the background, and a
+    model trained on them reads a caption that leaves some out outside its distribution
+    (``"a red circle above a small blue square"`` has no background clause, so such a model
+    takes the last colour word for the background). Drawing the missing attributes from the
+    world's distribution given the stated ones, then drawing the completed caption, samples
+    an image of the partial caption as the world would.
+
+    Args:
+        caption: Any text. A caption of the world's grammar that states every colour, size
+            and the background, or text that is not of the grammar, is returned unchanged.
+        rng: Source of the drawn attributes (not used when nothing is filled in).
+
+    Returns:
+        The caption, or the canonical caption (:func:`describe` without ``rng``) of the
+        completed spec.
+
+    Raises:
+        TypeError: If ``caption`` is not a string or ``rng`` not a numpy Generator.
+    """
+    if not isinstance(caption, str):
+        raise TypeError(f"caption must be a str, got {type(caption).__name__}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
+    try:
+        spec = parse_caption(caption)
+    except ValueError:
+        return caption
+    if spec.background is not None and all(o.color is not None and o.size is not None
+                                           for o in spec.objects):
+        return caption
+    return describe(complete_spec(spec, rng))
 
 MUTABLE_ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "position", "background", "count")
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import ndimage
 
 from snapfusion.data.captions import CaptionSpec, parse_caption, spec_from_scene
 from snapfusion.data.scene import COLOR_NAMES, COLORS, REGIONS, SHAPES, SIZE_THRESHOLD, Scene
@@ -236,6 +235,8 @@ def _analyse_component(
     x1 = min(w, box[1].stop + 2)
     lab = labels[y0:y1, x0:x1]
     own = lab == label
+    from scipy import ndimage  # imported here: the rest of snapfusion.data needs no scipy
+
     region = ndimage.binary_dilation(own, structure=_EIGHT) & ((lab == 0) | own)
     d_own = dist[y0:y1, x0:x1][own]
     core_thr = 0.7 * float(np.percentile(d_own, 95))
@@ -318,6 +319,8 @@ def detect(image: np.ndarray) -> Detection:
     bg = np.median(border, axis=0)
     diff = img - bg
     dist = np.sqrt((diff * diff).sum(-1))
+    from scipy import ndimage
+
     labels, n = ndimage.label(dist > FG_THRESHOLD, structure=_EIGHT)
     objects: list[DetectedObject] = []
     if n:

@@ -25,6 +25,8 @@ from snapfusion.data import (
     WorldObject,
     accuracy,
     check,
+    complete_caption,
+    complete_spec,
     describe,
     detect,
     draw_scene,
@@ -39,7 +41,7 @@ from snapfusion.data import (
 )
 from snapfusion.data.captions import FULL_TEMPLATES_ONE, TEMPLATES_ONE, TEMPLATES_TWO
 from snapfusion.data.scene import INVERSE_RELATION
-from snapfusion.data.world import GAP, MARGIN
+from snapfusion.data.world import GAP, MARGIN, sample_scene
 
 
 # ---------------------------------------------------------------- helpers
@@ -336,6 +338,72 @@ def test_partial_caption_rewrites_full_captions():
         with pytest.raises(ValueError):
             partial_caption(not_full, rng, 0.5)
 
+
+
+def _stated_within(partial: CaptionSpec, full: CaptionSpec) -> bool:
+    """Every attribute ``partial`` states, ``full`` states the same (objects in order)."""
+    if (partial.relation, partial.region) != (full.relation, full.region):
+        return False
+    if partial.background not in (None, full.background) or len(partial.objects) != len(full.objects):
+        return False
+    return all(a.shape == b.shape and a.color in (None, b.color) and a.size in (None, b.size)
+               for a, b in zip(partial.objects, full.objects))
+
+
+def test_complete_caption_fills_in_only_what_is_left_out():
+    """complete_caption states every colour, size and the background, keeps what the caption
+    stated, never gives an object its background's colour, and leaves full captions and text
+    outside the grammar untouched."""
+    rng = np.random.default_rng(0)
+    _, captions, _ = sample_batch(200, 6, split="any")
+    parts = [partial_caption(c, rng, 0.7) for c in captions]
+    parts += ["a red circle above a small blue square", "a circle", "a white circle at the top",
+              "a circle to the left of a circle", "blue box, on white", "a small diamond under a cross"]
+    for part in parts:
+        done = complete_caption(part, rng)
+        a, b = parse_caption(part), parse_caption(done)
+        assert b.background in BACKGROUNDS and all(o.color and o.size for o in b.objects), (part, done)
+        assert _stated_within(a, b), (part, done)
+        assert all(o.color != b.background for o in b.objects if a.background is None), (part, done)
+        if len(b.objects) == 2:
+            assert b.objects[0] != b.objects[1] or a.objects[0] == a.objects[1], (part, done)
+    for full in captions + ["hello world", "a red hexagon", "", "a big red circle on a red background"]:
+        assert complete_caption(full, rng) is full
+    again = np.random.default_rng(9), np.random.default_rng(9)
+    assert [complete_caption(p, again[0]) for p in parts] == [complete_caption(p, again[1]) for p in parts]
+    for bad_caption, bad_rng in ((3, rng), (None, rng), ("a circle", 0), ("a circle", None)):
+        with pytest.raises(TypeError):
+            complete_caption(bad_caption, bad_rng)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        complete_spec("a circle", rng)  # type: ignore[arg-type]
+
+
+def test_complete_caption_draws_as_the_world_does():
+    """What completion fills in has the world's distribution given what the caption states:
+    compared with the scenes of the world's own sampler that agree with the caption (drawn
+    by rejection), for a colour that is also a background (white: never the background of a
+    white object) and one that is not."""
+    rng = np.random.default_rng(1)
+    world = np.random.default_rng([3, 3])
+    for caption, n in (("a white circle", 600), ("a big red square", 600)):
+        stated = parse_caption(caption)
+        completed: dict[tuple[str, str], int] = {}
+        for _ in range(n):
+            spec = parse_caption(complete_caption(caption, rng))
+            key = (spec.background, spec.objects[0].size)
+            completed[key] = completed.get(key, 0) + 1
+        drawn: dict[tuple[str, str], int] = {}
+        while sum(drawn.values()) < n:
+            full = spec_from_scene(sample_scene(world, "any"))
+            if full.region is not None:
+                full = CaptionSpec(objects=full.objects, background=full.background)
+            if _stated_within(stated, full):
+                key = (full.background, full.objects[0].size)
+                drawn[key] = drawn.get(key, 0) + 1
+        assert set(completed) == set(drawn), (caption, completed, drawn)
+        for key in drawn:  # each cell holds 1/5 to 1/8 of n: 5 standard deviations apart at most
+            p, q = completed[key] / n, drawn[key] / n
+            assert abs(p - q) < 5 * math.sqrt(2 * q * (1 - q) / n), (caption, key, p, q)
 
 def test_eval_prompts_are_fully_specified():
     captions, scenes = eval_prompts(100, seed=1)
