@@ -276,6 +276,48 @@ static void test_linear_shapes(void) {
     set_backend(0);
 }
 
+/* Every height of the last register tile (the own GEMM runs tiles of 1 to 12 rows): each row of
+ * a batch of 1 to 25 rows is what the reference computes and, bit for bit, what the same row
+ * gives alone (a 1-row tile): every output is summed in the same order whatever its tile. */
+static void test_every_tile_height(void) {
+    const size_t in = 70, out = 40, max_rows = 25;
+    float *x = random_f32(max_rows * in), *wt = random_f32(in * out), *bias = random_f32(out);
+    float *y = alloc_f32(max_rows * out), *one = alloc_f32(out), *ref = alloc_f32(max_rows * out);
+    sf_linear *lin = NULL;
+    if (!x || !wt || !bias || !y || !one || !ref) {
+        EXPECT(!"out of memory");
+        goto done;
+    }
+    for (size_t r = 0; r < max_rows; r++)
+        for (size_t o = 0; o < out; o++) {
+            double acc = bias[o];
+            for (size_t i = 0; i < in; i++)
+                acc += (double)x[r * in + i] * wt[o * in + i];
+            ref[r * out + o] = (float)acc;
+        }
+    EXPECT_OK(sf_set_num_threads(1));
+    EXPECT_OK(sf_linear_create(in, out, wt, bias, &lin));
+    for (size_t rows = 1; rows <= max_rows; rows++) {
+        EXPECT_OK(sf_linear_run(lin, x, rows, y));
+        double err = max_diff(y, ref, rows * out), tol = 1e-5 * max_abs(ref, rows * out);
+        EXPECT(err <= tol);
+        if (!(err <= tol))
+            fprintf(stderr, "  linear, %zu rows: max err %g (tol %g)\n", rows, err, tol);
+        for (size_t r = 0; r < rows; r++) {
+            EXPECT_OK(sf_linear_run(lin, x + r * in, 1, one));
+            EXPECT(memcmp(one, y + r * out, out * sizeof(float)) == 0);
+        }
+    }
+done:
+    sf_linear_destroy(lin);
+    free(x);
+    free(wt);
+    free(bias);
+    free(y);
+    free(one);
+    free(ref);
+}
+
 static void test_nan(void) {
     /* a NaN input reaches exactly the outputs whose window covers it, on both back ends */
     const conv_case cases[] = {
@@ -521,6 +563,7 @@ int main(void) {
     EXPECT_OK(sf_init());
     test_conv_shapes();
     test_linear_shapes();
+    test_every_tile_height();
     test_nan();
     test_winograd();
     test_bad_args();
