@@ -215,3 +215,31 @@ def test_cli_says_what_it_completed(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["generate", PARTIAL, "-o", str(out), "--threads", "1", "--no-complete"]) == 0
     assert "completed" not in capsys.readouterr().out
     assert "completed_prompt" not in json.loads(Image.open(out).text["parameters"])
+
+
+def test_unet_ratio_benchmark(tmp_path: Path) -> None:
+    """benchmarks/bench_unet_ratio.py times the student's UNet call against its teacher's
+    architecture on every GEMM back end of this CPU (one short round here)."""
+    import importlib.util
+
+    from snapfusion import _engine
+
+    pytest.importorskip("torch")
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_unet_ratio.py"
+    spec = importlib.util.spec_from_file_location("bench_unet_ratio", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = _engine.get_num_threads()
+    try:
+        assert mod.main(["--rounds", "1", "--calls", "1", "--json", str(tmp_path / "r.json")]) == 0
+    finally:
+        _engine.set_num_threads(threads)
+    out = json.loads((tmp_path / "r.json").read_text())
+    backends = {"own", "xnnpack"} if _engine.cpu_features().get("avx512f") else {"xnnpack"}
+    assert set(out["results"]) == {f"{b}_batch{n}" for b in backends for n in (1, 2)}
+    for r in out["results"].values():
+        assert r["student_ms"] > 0 and r["teacher_ms"] > 0 and 0.2 < r["ratio"] < 1.0, r
+    assert 0.4 < out["macs_per_call"]["student"] / out["macs_per_call"]["teacher"] < 0.8
+    with pytest.raises(SystemExit):
+        mod.main(["--rounds", "0"])
