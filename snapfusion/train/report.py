@@ -113,6 +113,19 @@ def load_baseline(path: str | os.PathLike[str], n: int, seed: int, gnames: Seque
     return base
 
 
+def _engine_info() -> dict[str, Any]:
+    """What the timings depend on: the engine's version, its kernels and GEMM back end (own
+    AVX-512 GEMM or XNNPACK), and the CPU's features."""
+    import os
+
+    from snapfusion import _engine
+
+    features = _engine.cpu_features()
+    own = bool(features.get("avx512f")) and os.environ.get("SNAPFUSION_GEMM") != "xnnpack"
+    return {**_engine.version(), "gemm": "own avx512" if own else "xnnpack",
+            "cpu_features": sorted(k for k, v in features.items() if v)}
+
+
 def _row_line(name: str, gname: str, m: dict[str, Any], note: str = "") -> str:
     """One printed line of a model's metrics at one guidance scale."""
     return (f"{name:11s} g={gname:>3s}  FID {m['fid']:.4f}  CLIP {m['clip_score']:.2f}  "
@@ -323,7 +336,7 @@ def run_report(run: str | os.PathLike[str], out: str | os.PathLike[str], n: int 
     report: dict[str, Any] = {"run": str(run), "n_prompts": n, "n_single_object": int(single.sum()),
                               "split": "heldout", "seed": seed, "guidance": gnames, "threads": threads,
                               "ref_images": ref_images, "results": {}, "latency": {}, "unet_macs_per_image": {},
-                              "seconds": {}}
+                              "seconds": {}, "engine": _engine_info()}
     if base is not None:
         report["baseline"] = {"report": str(baseline), "run": base.get("run"),
                               "carried": [*(f"results.{m}" for m in carried), "decoder_psnr_db"],

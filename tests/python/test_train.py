@@ -1034,6 +1034,9 @@ def test_world_report(parts: dict[str, Any], tmp_path: Path) -> None:
                      threads=1, progress=False)
     assert all(p.stat().st_mtime_ns == t for p, t in early.items())
     assert set(rep["results"]) == {"teacher_50", "student_8", "teacher_8"}
+    # what the timings depend on is recorded
+    assert rep["engine"]["gemm"] in ("own avx512", "xnnpack") and rep["engine"]["engine"]
+    assert rep["engine"]["gemm"] == "xnnpack" or "avx512f" in rep["engine"]["cpu_features"]
     for rows in rep["results"].values():
         assert set(rows) == {"1", "3"}
         for m in rows.values():
