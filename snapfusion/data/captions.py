@@ -356,6 +356,11 @@ def partial_caption(caption: str, rng: np.random.Generator, p: float) -> str:
 
 
 
+def _check_generator(rng: object) -> None:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
+
+
 def complete_spec(spec: CaptionSpec, rng: np.random.Generator) -> CaptionSpec:
     """Fill in what a caption spec leaves out, drawn as the world draws its scenes.
 
@@ -383,8 +388,7 @@ def complete_spec(spec: CaptionSpec, rng: np.random.Generator) -> CaptionSpec:
     """
     if not isinstance(spec, CaptionSpec):
         raise TypeError(f"expected a CaptionSpec, got {type(spec).__name__}")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
+    _check_generator(rng)
     background = spec.background
     if background is None:
         stated = {o.color for o in spec.objects}
@@ -427,8 +431,7 @@ def complete_caption(caption: str, rng: np.random.Generator) -> str:
     """
     if not isinstance(caption, str):
         raise TypeError(f"caption must be a str, got {type(caption).__name__}")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
+    _check_generator(rng)
     try:
         spec = parse_caption(caption)
     except ValueError:
