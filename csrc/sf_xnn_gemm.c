@@ -176,34 +176,31 @@ void sf_gemm_destroy(sf_gemm *g) {
 
 #if SF_GEMM_X86
 
-/* One 12x32 register tile: c[r][0..cols) (+)= sum_k a[r*KCP + k] * b[k*32 + j].
+/* One register tile of R rows x 32 columns: c[r][0..cols) (+)= sum_k a[r*KCP + k] * b[k*32 + j].
  * bias != NULL: start from bias (first reduction block), else from c. Rows >= rows are
  * computed from zero rows and not stored; m0/m1 mask the columns of the two halves.
  * pf != NULL: the next kc x 32 block of weights, fetched into L2 meanwhile (it comes from L3:
- * the hardware prefetchers stop at every 4 KiB page). */
-/* noipa: compiled knowing that it is only called with rows == SF_GEMM_MR (the smaller tiles
- * are below), GCC 12 lays this function out differently and it runs 10-20 % slower on 16x16
- * feature maps; without interprocedural analysis it compiles as it always did. */
-#if defined(__GNUC__) && !defined(__clang__)
-#define SF_GEMM_NOIPA __attribute__((noipa))
-#else
-#define SF_GEMM_NOIPA __attribute__((noinline))
-#endif
-SF_GEMM_NOIPA __attribute__((target("avx512f"))) static void
-sf_gemm_tile_avx512(size_t kc, const float *restrict a, const float *restrict b,
-                    float *restrict c, size_t ldc, size_t rows, __mmask16 m0, __mmask16 m1,
-                    const float *bias, int clamp, float lo, float hi, const float *pf) {
+ * the hardware prefetchers stop at every 4 KiB page).
+ * R is a compile-time constant of each instance (below): a tile of fewer than SF_GEMM_MR rows
+ * (the last tile of a block; every tile when the output has few pixels: the 1-8 Winograd tiles
+ * of a 2x2-4x4 feature map, a 1-row time-embedding layer) runs as a tile of its row count,
+ * R = rows, and costs R rows of FMAs instead of SF_GEMM_MR. Each output element is summed in
+ * the same order whatever the tile, so the results do not change. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+sf_gemm_tile_body(const int R, size_t kc, const float *restrict a, const float *restrict b,
+                  float *restrict c, size_t ldc, size_t rows, __mmask16 m0, __mmask16 m1,
+                  const float *bias, int clamp, float lo, float hi, const float *pf) {
     __m512 acc[SF_GEMM_MR][2];
     if (bias) {
         __m512 b0 = _mm512_load_ps(bias), b1 = _mm512_load_ps(bias + 16);
 #pragma GCC unroll 16
-        for (int r = 0; r < SF_GEMM_MR; r++) {
+        for (int r = 0; r < R; r++) {
             acc[r][0] = b0;
             acc[r][1] = b1;
         }
     } else {
 #pragma GCC unroll 16
-        for (int r = 0; r < SF_GEMM_MR; r++) {
+        for (int r = 0; r < R; r++) {
             if ((size_t)r < rows) {
                 acc[r][0] = _mm512_maskz_loadu_ps(m0, c + (size_t)r * ldc);
                 acc[r][1] = _mm512_maskz_loadu_ps(m1, c + (size_t)r * ldc + 16);
@@ -211,70 +208,6 @@ sf_gemm_tile_avx512(size_t kc, const float *restrict a, const float *restrict b,
                 acc[r][0] = _mm512_setzero_ps();
                 acc[r][1] = _mm512_setzero_ps();
             }
-        }
-    }
-#define SF_GEMM_STEP(k)                                                                        \
-    do {                                                                                       \
-        __m512 w0 = _mm512_load_ps(b + (k) * SF_GEMM_NR);                                      \
-        __m512 w1 = _mm512_load_ps(b + (k) * SF_GEMM_NR + 16);                                 \
-        _Pragma("GCC unroll 16") for (int r = 0; r < SF_GEMM_MR; r++) {                        \
-            __m512 av = _mm512_set1_ps(a[r * SF_GEMM_KCP + (k)]);                              \
-            acc[r][0] = _mm512_fmadd_ps(av, w0, acc[r][0]);                                    \
-            acc[r][1] = _mm512_fmadd_ps(av, w1, acc[r][1]);                                    \
-        }                                                                                      \
-    } while (0)
-    if (pf) {
-        for (size_t k = 0; k < kc; k++) {
-            _mm_prefetch((const char *)(pf + k * SF_GEMM_NR), _MM_HINT_T1);
-            _mm_prefetch((const char *)(pf + k * SF_GEMM_NR + 16), _MM_HINT_T1);
-            SF_GEMM_STEP(k);
-        }
-    } else {
-        for (size_t k = 0; k < kc; k++)
-            SF_GEMM_STEP(k);
-    }
-#undef SF_GEMM_STEP
-    if (clamp) {
-        /* max(lo, x) and min(hi, x) return x when x is NaN (second operand). */
-        __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
-#pragma GCC unroll 16
-        for (int r = 0; r < SF_GEMM_MR; r++) {
-            acc[r][0] = _mm512_min_ps(vhi, _mm512_max_ps(vlo, acc[r][0]));
-            acc[r][1] = _mm512_min_ps(vhi, _mm512_max_ps(vlo, acc[r][1]));
-        }
-    }
-#pragma GCC unroll 16
-    for (int r = 0; r < SF_GEMM_MR; r++) {
-        if ((size_t)r < rows) {
-            _mm512_mask_storeu_ps(c + (size_t)r * ldc, m0, acc[r][0]);
-            _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16, m1, acc[r][1]);
-        }
-    }
-}
-
-/* Tiles of R < SF_GEMM_MR rows, R a compile-time constant of each instance: the last tile of a
- * block, and every tile when the output has few pixels (the 1-8 Winograd tiles of a 2x2-4x4
- * feature map, a 1-row time-embedding layer), then cost R rows of FMAs instead of
- * SF_GEMM_MR. Each output element is summed in the same order as by the full tile, so the
- * results do not change. (The full tile stays the function above: compiled from this body for
- * 12 rows, GCC spills a weight register to the stack.) */
-__attribute__((target("avx512f"), always_inline)) static inline void
-sf_gemm_tile_rows(const int R, size_t kc, const float *restrict a, const float *restrict b,
-                  float *restrict c, size_t ldc, __mmask16 m0, __mmask16 m1, const float *bias,
-                  int clamp, float lo, float hi, const float *pf) {
-    __m512 acc[SF_GEMM_MR][2];
-    if (bias) {
-        __m512 b0 = _mm512_load_ps(bias), b1 = _mm512_load_ps(bias + 16);
-#pragma GCC unroll 16
-        for (int r = 0; r < R; r++) {
-            acc[r][0] = b0;
-            acc[r][1] = b1;
-        }
-    } else {
-#pragma GCC unroll 16
-        for (int r = 0; r < R; r++) {
-            acc[r][0] = _mm512_maskz_loadu_ps(m0, c + (size_t)r * ldc);
-            acc[r][1] = _mm512_maskz_loadu_ps(m1, c + (size_t)r * ldc + 16);
         }
     }
 #define SF_GEMM_STEP(k)                                                                        \
@@ -299,6 +232,7 @@ sf_gemm_tile_rows(const int R, size_t kc, const float *restrict a, const float *
     }
 #undef SF_GEMM_STEP
     if (clamp) {
+        /* max(lo, x) and min(hi, x) return x when x is NaN (second operand). */
         __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
 #pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
@@ -308,22 +242,39 @@ sf_gemm_tile_rows(const int R, size_t kc, const float *restrict a, const float *
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; r++) {
-        _mm512_mask_storeu_ps(c + (size_t)r * ldc, m0, acc[r][0]);
-        _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16, m1, acc[r][1]);
+        if ((size_t)r < rows) {
+            _mm512_mask_storeu_ps(c + (size_t)r * ldc, m0, acc[r][0]);
+            _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16, m1, acc[r][1]);
+        }
     }
 }
 
-typedef void (*sf_gemm_small_tile_fn)(size_t kc, const float *restrict a,
-                                      const float *restrict b, float *restrict c, size_t ldc,
-                                      __mmask16 m0, __mmask16 m1, const float *bias, int clamp,
-                                      float lo, float hi, const float *pf);
+typedef void (*sf_gemm_tile_fn)(size_t kc, const float *restrict a, const float *restrict b,
+                                float *restrict c, size_t ldc, __mmask16 m0, __mmask16 m1,
+                                const float *bias, int clamp, float lo, float hi,
+                                const float *pf);
+
+/* noipa (GCC): the full tile is compiled with its row count unknown, as it was before the
+ * smaller tiles existed; compiled knowing that it is always 12, GCC 12 keeps a weight vector
+ * on the stack and the tile runs 10-20 % slower on 16x16 feature maps. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define SF_GEMM_NOIPA __attribute__((noipa))
+#else
+#define SF_GEMM_NOIPA __attribute__((noinline))
+#endif
+SF_GEMM_NOIPA __attribute__((target("avx512f"))) static void
+sf_gemm_tile_full(size_t kc, const float *restrict a, const float *restrict b, float *restrict c,
+                  size_t ldc, size_t rows, __mmask16 m0, __mmask16 m1, const float *bias,
+                  int clamp, float lo, float hi, const float *pf) {
+    sf_gemm_tile_body(SF_GEMM_MR, kc, a, b, c, ldc, rows, m0, m1, bias, clamp, lo, hi, pf);
+}
 
 #define SF_GEMM_SMALL_TILE(R)                                                                  \
     __attribute__((target("avx512f"))) static void sf_gemm_tile_##R(                           \
         size_t kc, const float *restrict a, const float *restrict b, float *restrict c,        \
         size_t ldc, __mmask16 m0, __mmask16 m1, const float *bias, int clamp, float lo,        \
         float hi, const float *pf) {                                                           \
-        sf_gemm_tile_rows(R, kc, a, b, c, ldc, m0, m1, bias, clamp, lo, hi, pf);               \
+        sf_gemm_tile_body(R, kc, a, b, c, ldc, R, m0, m1, bias, clamp, lo, hi, pf);            \
     }
 SF_GEMM_SMALL_TILE(1)
 SF_GEMM_SMALL_TILE(2)
@@ -339,7 +290,7 @@ SF_GEMM_SMALL_TILE(11)
 #undef SF_GEMM_SMALL_TILE
 
 /* The tile of `rows` rows, for 1 <= rows < SF_GEMM_MR. */
-static const sf_gemm_small_tile_fn sf_gemm_small_tiles[SF_GEMM_MR] = {
+static const sf_gemm_tile_fn sf_gemm_small_tiles[SF_GEMM_MR] = {
     NULL,           sf_gemm_tile_1, sf_gemm_tile_2, sf_gemm_tile_3,  sf_gemm_tile_4,
     sf_gemm_tile_5, sf_gemm_tile_6, sf_gemm_tile_7, sf_gemm_tile_8,  sf_gemm_tile_9,
     sf_gemm_tile_10, sf_gemm_tile_11};
@@ -480,8 +431,8 @@ static void sf_gemm_worker(void *arg, size_t worker) {
                     const float *pf = t + 1 == t1 - t0 ? next : NULL;
                     int clamp = last && g->clamp;
                     if (rows == SF_GEMM_MR)
-                        sf_gemm_tile_avx512(kl, at, bp, ct, n, rows, m0, m1, bias, clamp,
-                                            g->out_min, g->out_max, pf);
+                        sf_gemm_tile_full(kl, at, bp, ct, n, rows, m0, m1, bias, clamp,
+                                          g->out_min, g->out_max, pf);
                     else
                         sf_gemm_small_tiles[rows](kl, at, bp, ct, n, m0, m1, bias, clamp,
                                                   g->out_min, g->out_max, pf);
