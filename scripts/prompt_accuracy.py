@@ -6,6 +6,9 @@
     python scripts/prompt_accuracy.py --heldout 400
 
 Prints one row per prompt (the README's table of prompts in and out of the world's grammar).
+``--grid PNG`` also draws the first ``--grid-seeds`` seeds of each prompt twice, completed by
+the model's prompt completion and as given, each picture captioned with what it was drawn from
+and the checker's verdict (``docs/partial_prompts.png``).
 ``--heldout N`` adds two rows: the share of N held-out prompts (colour-shape pairs never seen
 in training, every attribute stated) drawn right, and the same for partial paraphrases of
 them that leave out the background and each size with probability 0.5 each
@@ -40,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--no-complete", action="store_true",
                    help="draw prompts as given, without the model's prompt completion")
+    p.add_argument("--grid", default=None, metavar="PNG",
+                   help="also write a picture grid: each prompt completed and as given")
+    p.add_argument("--grid-seeds", type=int, default=8, help="seeds (columns) of the grid")
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be >= 1")
@@ -47,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--heldout must be in [0, 100000]")
     if not args.prompts and not args.heldout:
         p.error("give prompts, --heldout N, or both")
+    if args.grid and not (args.prompts and 1 <= args.grid_seeds <= 64):
+        p.error("--grid needs prompts and 1 <= --grid-seeds <= 64")
     for prompt in args.prompts:
         try:
             parse_caption(prompt)
@@ -81,6 +89,23 @@ def main(argv: list[str] | None = None) -> int:
                 images = pipe(chunk, seed=1000 + i // 16, output_type="np", **kw).images
                 right += sum(check(to_u8(im), c).ok for im, c in zip(images, chunk))
             print(f"| {name} | {100.0 * right / len(prompts):.1f} % |", flush=True)
+    if args.grid:
+        from snapfusion.data import render_grid
+
+        cells, labels = [], []
+        for prompt in args.prompts:
+            for complete in (True, False):
+                for seed in range(args.grid_seeds):
+                    out = pipe(prompt, seed=seed, output_type="np", complete_prompt=complete,
+                               **{k: v for k, v in kw.items() if k != "complete_prompt"})
+                    image = to_u8(out.images[0])
+                    verdict = "right" if check(image, prompt).ok else "wrong"
+                    drawn = out.prompts[0] if out.prompts[0] != prompt else "(as given)"
+                    cells.append(image)
+                    labels.append(f"seed {seed}: {drawn} [{verdict}]")
+        render_grid(np.stack(cells), labels, cols=args.grid_seeds, cell=128).save(args.grid)
+        print(f"wrote {args.grid}: {len(args.prompts)} prompts x (completed, as given) x "
+              f"{args.grid_seeds} seeds", flush=True)
     return 0
 
 

@@ -120,7 +120,7 @@ def test_unet_macs_rejects_bad_sizes(model: Path) -> None:
             pipe.unet_macs(*bad)
 
 
-def test_prompt_accuracy_script(capsys: pytest.CaptureFixture[str]) -> None:
+def test_prompt_accuracy_script(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """scripts/prompt_accuracy.py (the README's table of prompts in and out of the world's
     grammar) counts the seeds the checker accepts, and refuses prompts it cannot check."""
     import importlib.util
@@ -137,8 +137,12 @@ def test_prompt_accuracy_script(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows[2].startswith("| 16 held-out prompts | ") and rows[3].startswith("| the same, sizes and background")
     shares = [float(r.split("|")[2].split("%")[0]) for r in rows[2:4]]
     assert 0.0 < shares[0] <= 100.0 and 0.0 <= shares[1] <= 100.0, rows
+    grid = tmp_path / "grid.png"
+    assert mod.main([PARTIAL, "--seeds", "1", "--threads", "1", "--grid", str(grid), "--grid-seeds", "3"]) == 0
+    assert Image.open(grid).size[0] > 3 * 128  # a row of 3 seeds completed, one as given
     for bad, message in ((["a red hexagon"], "grammar"), ([PROMPT, "--seeds", "0"], ">= 1"), ([], "give prompts"),
-                         (["--heldout", "-1"], "--heldout")):
+                         (["--heldout", "-1"], "--heldout"), (["--heldout", "4", "--grid", str(grid)], "--grid"),
+                         ([PROMPT, "--grid", str(grid), "--grid-seeds", "0"], "--grid")):
         with pytest.raises(SystemExit) as exc:
             mod.main(bad)
         assert exc.value.code == 2
