@@ -61,7 +61,7 @@ def _load_pair(student: Path, teacher: Path, backend: str) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     from snapfusion import _engine
-    from snapfusion.pipeline import default_model_path
+    from snapfusion.pipeline import Pipeline, default_model_path
     from snapfusion.train.report import architecture_twin
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -75,19 +75,12 @@ def main(argv: list[str] | None = None) -> int:
 
     student = Path(args.model) if args.model else default_model_path()
     _engine.set_num_threads(1)
-    own = bool(_engine.cpu_features().get("avx512f"))
-    backends = ["own", "xnnpack"] if own else ["xnnpack"]
+    backends = ["own", "xnnpack"] if _engine.gemm_backend() == "own avx512" else ["xnnpack"]
     with tempfile.TemporaryDirectory() as tmp:
         teacher = architecture_twin(student, Path(tmp))
         models = {(b, name): u for b in backends for name, u in _load_pair(student, teacher, b).items()}
-        macs = {}
-        for name in ("student", "teacher"):
-            u = models[(backends[0], name)]
-            x = np.zeros((1, u.in_channels, 16, 16), np.float32)
-            ctx = np.zeros((1, 77, u.cross_attention_dim), np.float32)
-            before = _engine.mac_counter()
-            u(x, np.ones(1, np.float32), ctx)
-            macs[name] = int(_engine.mac_counter() - before)
+        macs = {name: Pipeline.from_pretrained(path, threads=1).unet_macs()
+                for name, path in (("student", student), ("teacher", teacher))}
         results: dict[str, dict[str, float]] = {}
         for batch in (1, 2):
             rng = np.random.default_rng(0)

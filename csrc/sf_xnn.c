@@ -209,6 +209,10 @@ static sf_status sf_conv2d_check_params(const sf_conv2d_params *p) {
     return SF_OK;
 }
 
+const char *sf_gemm_backend(void) {
+    return sf_gemm_supported() ? "own avx512" : "xnnpack";
+}
+
 sf_status sf_conv2d_create(const sf_conv2d_params *p, const float *weight, const float *bias,
                            sf_conv2d **out) {
     sf_status st = SF_OK;

@@ -177,8 +177,8 @@ void sf_gemm_destroy(sf_gemm *g) {
 #if SF_GEMM_X86
 
 /* One register tile of R rows x 32 columns: c[r][0..cols) (+)= sum_k a[r*KCP + k] * b[k*32 + j].
- * bias != NULL: start from bias (first reduction block), else from c. Rows >= rows are
- * computed from zero rows and not stored; m0/m1 mask the columns of the two halves.
+ * bias != NULL: start from bias (first reduction block), else from c. Only rows < rows are
+ * loaded and stored (every caller passes rows == R); m0/m1 mask the columns of the two halves.
  * pf != NULL: the next kc x 32 block of weights, fetched into L2 meanwhile (it comes from L3:
  * the hardware prefetchers stop at every 4 KiB page).
  * R is a compile-time constant of each instance (below): a tile of fewer than SF_GEMM_MR rows
@@ -338,11 +338,11 @@ __attribute__((target("avx512f"))) static inline void sf_gemm_zero(float *dst, s
         _mm512_mask_storeu_ps(dst + i, (__mmask16)((1u << (n - i)) - 1u), _mm512_setzero_ps());
 }
 
-/* Pack output rows [row0, row0 + n_rows) (padded with zero rows to n_tiles * MR) for the
- * reduction steps [k0, k0 + kl). */
+/* Pack output rows [row0, row0 + n_rows) for the reduction steps [k0, k0 + kl). A last tile of
+ * fewer than MR rows runs as a tile of its row count, which reads no further row. */
 __attribute__((target("avx512f"))) static void
-sf_gemm_pack(const sf_gemm_ctx *ctx, float *a, size_t row0, size_t n_rows, size_t n_tiles,
-             size_t k0, size_t kl) {
+sf_gemm_pack(const sf_gemm_ctx *ctx, float *a, size_t row0, size_t n_rows, size_t k0,
+             size_t kl) {
     const sf_gemm *g = ctx->g;
     const sf_gemm_geometry *geo = ctx->geo;
     const size_t in = g->in, plane = geo->out_h * geo->out_w;
@@ -350,12 +350,8 @@ sf_gemm_pack(const sf_gemm_ctx *ctx, float *a, size_t row0, size_t n_rows, size_
     const size_t tap0 = k0 / in, c0 = k0 % in;
     /* output coordinates of row0, then advanced row by row */
     size_t b = row0 / plane, oy = row0 % plane / geo->out_w, ox = row0 % geo->out_w;
-    for (size_t i = 0; i < n_tiles * SF_GEMM_MR; i++) {
+    for (size_t i = 0; i < n_rows; i++) {
         float *dst = a + i * SF_GEMM_KCP;
-        if (i >= n_rows) {
-            sf_gemm_zero(dst, kl);
-            continue;
-        }
         /* input coordinates of the patch's top-left tap (may be negative: padding) */
         ptrdiff_t iy0 = (ptrdiff_t)(oy * geo->stride_h) - (ptrdiff_t)geo->pad_top;
         ptrdiff_t ix0 = (ptrdiff_t)(ox * geo->stride_w) - (ptrdiff_t)geo->pad_left;
@@ -406,7 +402,7 @@ static void sf_gemm_worker(void *arg, size_t worker) {
         for (size_t kb = 0; kb < ctx->sp.k_blocks; kb++) {
             size_t k0 = kb * ctx->sp.kc;
             size_t kl = g->k - k0 < ctx->sp.kc ? g->k - k0 : ctx->sp.kc;
-            sf_gemm_pack(ctx, a, row0, row1 - row0, t1 - t0, k0, kl);
+            sf_gemm_pack(ctx, a, row0, row1 - row0, k0, kl);
             int last = kb + 1 == ctx->sp.k_blocks;
             for (size_t p = p0; p < p1; p++) {
                 const float *bp = g->packed + (p * g->k + k0) * SF_GEMM_NR;

@@ -62,9 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"not a prompt of the world's grammar: {exc}")
     pipe = Pipeline.from_pretrained(args.model, threads=args.threads)
     pipe.set_progress_bar_config(disable=True)
-    kw: dict = {} if args.guidance is None else {"guidance_scale": args.guidance}
-    if args.no_complete:
-        kw["complete_prompt"] = False
+    guidance = {} if args.guidance is None else {"guidance_scale": args.guidance}
+    kw = {**guidance, "complete_prompt": False if args.no_complete else None}  # None: the model's
 
     def to_u8(image: np.ndarray) -> np.ndarray:  # the pipeline's float [0, 1] -> what the checker reads
         return (np.asarray(image) * 255).round().astype(np.uint8)
@@ -96,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         for prompt in args.prompts:
             for complete in (True, False):
                 for seed in range(args.grid_seeds):
-                    out = pipe(prompt, seed=seed, output_type="np", complete_prompt=complete,
-                               **{k: v for k, v in kw.items() if k != "complete_prompt"})
+                    out = pipe(prompt, seed=seed, output_type="np", complete_prompt=complete, **guidance)
                     image = to_u8(out.images[0])
                     verdict = "right" if check(image, prompt).ok else "wrong"
                     drawn = out.prompts[0] if out.prompts[0] != prompt else "(as given)"

@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from snapfusion._files import read_json_object
     from snapfusion.nn import UNet2DConditionModel, block_names
     from snapfusion.nn.serialization import read_config
     from snapfusion.train.data import get_pool
@@ -88,11 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         if not (model / sub).exists():
             p.error(f"{model / sub} is missing: --model must be a pipeline folder")
     try:
-        info = json.loads((model / "snapfusion_model.json").read_text(encoding="utf-8"))
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
+        info = read_json_object(model / "snapfusion_model.json", "model info file")[1]
         steps, guidance = int(info.get("num_inference_steps", 8)), float(info.get("guidance_scale", 3.0))
-    except (OSError, UnicodeDecodeError, TypeError, ValueError) as e:
+    except (OSError, TypeError, ValueError) as e:
         p.error(f"{model / 'snapfusion_model.json'} is not readable: {e}")
     unet_cfg = read_config(model / "unet")
     unknown = sorted(set(removed) - set(block_names(unet_cfg)))

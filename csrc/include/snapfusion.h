@@ -96,6 +96,12 @@ typedef struct {
 /* CPU features of this machine, as detected at run time. */
 void sf_get_cpu_features(sf_cpu_features *out);
 
+/* The back end that dense convolutions and linear layers created now run on: "own avx512"
+ * (the engine's own AVX-512 GEMM and Winograd convolution, on CPUs with AVX-512F) or "xnnpack"
+ * (every other CPU, or the environment variable SNAPFUSION_GEMM=xnnpack). Layers keep the
+ * back end they were created with. */
+const char *sf_gemm_backend(void);
+
 /* "0.1.0". */
 const char *sf_version(void);
 

@@ -64,6 +64,12 @@ static PyObject *py_cpu_features(PyObject *self, PyObject *noargs) {
         f.neon_fp16 ? Py_True : Py_False);
 }
 
+static PyObject *py_gemm_backend(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyUnicode_FromString(sf_gemm_backend());
+}
+
 static PyObject *py_mac_counter(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -93,6 +99,10 @@ static PyMethodDef runtime_methods[] = {
      "physical_cores() -> int\n\nNumber of physical cores of this machine."},
     {"cpu_features", py_cpu_features, METH_NOARGS,
      "cpu_features() -> dict\n\nCPU features detected at run time."},
+    {"gemm_backend", py_gemm_backend, METH_NOARGS,
+     "gemm_backend() -> str\n\nThe back end of dense convolutions and linear layers created now: "
+     "'own avx512' (the engine's own AVX-512 GEMM) or 'xnnpack' (other CPUs, or "
+     "SNAPFUSION_GEMM=xnnpack)."},
     {NULL, NULL, 0, NULL},
 };
 

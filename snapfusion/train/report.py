@@ -116,14 +116,10 @@ def load_baseline(path: str | os.PathLike[str], n: int, seed: int, gnames: Seque
 def _engine_info() -> dict[str, Any]:
     """What the timings depend on: the engine's version, its kernels and GEMM back end (own
     AVX-512 GEMM or XNNPACK), and the CPU's features."""
-    import os
-
     from snapfusion import _engine
 
-    features = _engine.cpu_features()
-    own = bool(features.get("avx512f")) and os.environ.get("SNAPFUSION_GEMM") != "xnnpack"
-    return {**_engine.version(), "gemm": "own avx512" if own else "xnnpack",
-            "cpu_features": sorted(k for k, v in features.items() if v)}
+    return {**_engine.version(), "gemm": _engine.gemm_backend(),
+            "cpu_features": sorted(k for k, v in _engine.cpu_features().items() if v)}
 
 
 def _row_line(name: str, gname: str, m: dict[str, Any], note: str = "") -> str:
