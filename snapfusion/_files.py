@@ -63,3 +63,19 @@ def read_json_object(path: str | os.PathLike[str], what: str = "JSON file",
     if not isinstance(value, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return text, value
+
+
+#: Where the package keeps its embedded models.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models"
+
+
+def default_model_path() -> Path:
+    """The embedded default model folder (raises OSError if this install has none).
+
+    Lives here rather than in :mod:`snapfusion.pipeline` so that training scripts find the
+    model on machines where the engine is not built."""
+    if DEFAULT_MODEL_DIR.is_dir():
+        for child in sorted(DEFAULT_MODEL_DIR.iterdir()):
+            if (child / "model_index.json").is_file():
+                return child
+    raise OSError(f"no embedded default model under {DEFAULT_MODEL_DIR}; pass a model path")

@@ -22,13 +22,12 @@ from typing import Any
 import numpy as np
 
 from . import _engine
-from ._files import read_json_object
+from ._files import DEFAULT_MODEL_DIR, default_model_path, read_json_object  # noqa: F401 (re-exported)
 from .components import AutoencoderKL, PathLike, TextEncoder, UNet
 from .schedulers import scheduler_from_config
 from .tokenizer import CLIPTokenizer
 
 #: Where the embedded default model lives inside the package.
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models"
 #: Prompt completions a model folder may ask for (``"prompt_completion"`` in its
 #: ``snapfusion_model.json``): ``"shapes-world"`` fills in what a caption of the synthetic
 #: world leaves out (:func:`snapfusion.data.complete_caption`).
@@ -74,15 +73,6 @@ def _auto_threads(pipe: Pipeline) -> None:
     elif _auto_single_thread:  # undo an earlier automatic choice, not the user's own
         _engine.set_num_threads(_engine.physical_cores())
         _auto_single_thread = False
-
-
-def default_model_path() -> Path:
-    """The embedded default model folder (raises OSError if this install has none)."""
-    if DEFAULT_MODEL_DIR.is_dir():
-        for child in sorted(DEFAULT_MODEL_DIR.iterdir()):
-            if (child / "model_index.json").is_file():
-                return child
-    raise OSError(f"no embedded default model under {DEFAULT_MODEL_DIR}; pass a model path")
 
 
 def _resolve_generator(generator: Any, seed: int | None) -> Any:

@@ -577,7 +577,7 @@ def _validate(s: EvalSettings) -> dict[str, Any]:
         raise ValueError("a teacher model path is required")
     student_path = s.student
     if student_path is None:
-        from snapfusion.pipeline import default_model_path
+        from snapfusion._files import default_model_path
 
         student_path = default_model_path()
     student = ModelSpec.create(student_path, threads=s.threads)

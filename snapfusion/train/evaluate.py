@@ -123,7 +123,7 @@ def default_world_evaluator(n_prompts: int = 256, seed: int = 0, split: str = "h
     Raises:
         OSError: no shipped default model or world CLIP.
     """
-    from snapfusion.pipeline import default_model_path
+    from snapfusion._files import default_model_path
     from snapfusion.tokenizer import CLIPTokenizer
 
     from .clip import WorldCLIP
@@ -149,7 +149,7 @@ def world_metrics(sets: dict[Any, np.ndarray], captions: Sequence[str],
     import warnings
 
     from snapfusion.eval.metrics import activation_statistics, frechet_distance
-    from snapfusion.pipeline import default_model_path
+    from snapfusion._files import default_model_path
     from snapfusion.tokenizer import CLIPTokenizer
 
     from .clip import WorldCLIP

@@ -1134,7 +1134,8 @@ def test_shrink_student_script(parts: dict[str, Any], tmp_path: Path) -> None:
     res = json.loads((tmp_path / "out" / "shrink.json").read_text())
     model = tmp_path / "out" / "model"
     assert sorted(set(blocks) - set(block_names(read_config(model / "unet")))) == gone == res["removed"]
-    assert res["distill_steps"] == 3 and 0.0 < res["engine_latency"]["ratio"] < 2.0
+    assert res["train_steps"] == 3 and res["objective"] == "self-distill"
+    assert 0.0 < res["engine_latency"]["ratio"] < 2.0
     info = json.loads((model / "snapfusion_model.json").read_text())
     assert info["num_inference_steps"] == 4 and "shrink_student.py" in info["trained_with"]
     pipe = Pipeline.from_pretrained(model, threads=1)
@@ -1148,8 +1149,27 @@ def test_shrink_student_script(parts: dict[str, Any], tmp_path: Path) -> None:
     res2 = json.loads((out2 / "shrink.json").read_text())
     evo = json.loads((out2 / "evolve" / "evolution.json").read_text())
     assert res2["removed"] and res2["removed"] == sorted(evo["removed"]) and evo["table_ratio"] <= 0.9
+    # or trained on the world's data (the teacher recipe from the student's weights), keeping
+    # every block; the pool drawn once by --pool-only and shared
+    pool = tmp_path / "shared_pool"
+    assert script.main([*base, "--remove", "none", "--objective", "data", "--pool-dir", str(pool),
+                        "--pool-seed", "5", "--pool-only"]) == 0
+    assert json.loads((pool / "pool_meta.json").read_text())["seed"] == 5
+    assert not (tmp_path / "out" / "data").exists()  # drew the pool, trained nothing
+    out3 = tmp_path / "out3"
+    assert script.main([*base[2:], "--out", str(out3), "--remove", "none", "--objective", "data", "--pool-dir",
+                        str(pool), "--pool-seed", "5", "--max-steps", "2", "--lr", "1e-4"]) == 0
+    res3 = json.loads((out3 / "shrink.json").read_text())
+    assert res3["removed"] == [] and res3["objective"] == "data" and res3["train_steps"] == 2
+    assert not (out3 / "pool").exists()
+    rec = json.loads((out3 / "data" / "recipe_config.json").read_text())
+    assert rec["init"] == str(tmp_path / "model" / "unet") and rec["train"]["lr"] == 1e-4
+    assert block_names(read_config(out3 / "model" / "unet")) == blocks
+    info3 = json.loads((out3 / "model" / "snapfusion_model.json").read_text())
+    assert "data (teacher recipe)" in info3["trained_with"] and "no block removed" in info3["trained_with"]
     for bad in ([], ["--remove", gone[0], "--budget", "0.5"], ["--remove", "down_blocks.9.attentions.0"],
-                ["--budget", "1.5"], ["--remove", gone[0], "--minutes", "0"]):
+                ["--budget", "1.5"], ["--remove", gone[0], "--minutes", "0"], ["--remove", "none"],
+                ["--remove", gone[0], "--lr", "0"], ["--remove", gone[0], "--ema-decay", "1"]):
         with pytest.raises(SystemExit):
             script.main([*base, *bad])
     broken = tmp_path / "broken"  # a model folder whose snapfusion_model.json is not JSON
