@@ -98,19 +98,24 @@ test-py: build
 # The whole SnapFusion chain on the synthetic world, from nothing (see docs/training.md);
 # BUDGET minutes in all plus MORE minutes of extra step distillation, then TEACHER_MORE minutes
 # more teacher (a comma-separated list: continuations) and a student rebuilt from it, distilled
-# REDISTILL minutes (the shipped model: DEVICE=cuda BUDGET=8 MORE=2.7 TEACHER_MORE=5,6
-# REDISTILL=5 on one H100, its decoder then
-# trained on a CPU: docs/training.md; on 2 CPU cores give it hours), and last PARTIAL_TUNE
-# minutes of tuning the final student on partial captions (the shipped model has none), then
-# installed as the package's default (snapfusion/models/). Re-running resumes the same run.
+# REDISTILL minutes, then DATA_STUDENT minutes (a list: continuations) of training the final
+# student on the world's data, without the blocks in DATA_REMOVE, and last PARTIAL_TUNE minutes
+# of tuning it on partial captions (the shipped model has none), then installed as the
+# package's default (snapfusion/models/). The shipped model's GPU steps, on one H100:
+# DEVICE=cuda BUDGET=8 MORE=2.7 TEACHER_MORE=5,6 REDISTILL=5 DATA_STUDENT=6,3.4
+# DATA_REMOVE=mid_block.resnets.1,up_blocks.1.attentions.2,down_blocks.2.attentions.0; its
+# decoder was then trained on a CPU (docs/training.md). On 2 CPU cores give it hours.
+# Re-running resumes the same run.
 BUDGET ?= 120
 DEVICE ?= cpu
 MORE ?= 0
 TEACHER_MORE ?= 0
 REDISTILL ?= 0
+DATA_STUDENT ?= 0
+DATA_REMOVE ?=
 PARTIAL_TUNE ?= 0
 train-default: build
-	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/train_default.py --out build/train-default --device $(DEVICE) --budget-minutes $(BUDGET) --distill-more $(MORE) --teacher-more $(TEACHER_MORE) --redistill $(REDISTILL) --partial-tune $(PARTIAL_TUNE) --ship
+	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/train_default.py --out build/train-default --device $(DEVICE) --budget-minutes $(BUDGET) --distill-more $(MORE) --teacher-more $(TEACHER_MORE) --redistill $(REDISTILL) --data-student $(DATA_STUDENT) --data-remove "$(DATA_REMOVE)" --partial-tune $(PARTIAL_TUNE) --ship
 
 bench: build
 	$(PY) benchmarks/bench_ops.py

@@ -23,7 +23,11 @@ Chain (each stage a recipe of ``snapfusion.train``, all in this process):
   it in continuations, each on its own fresh pool at 3/4 of the previous learning rate; the
   student is then distilled on the last pool. ``--partial-tune M`` then tunes the final student
   M minutes on partial captions (``snapfusion.train.partial``: prompts that leave out sizes or
-  the background). Each re-exports ``DIR/model``.
+  the background). ``--data-student M1[,M2...]`` (with ``--data-remove BLOCKS``: blocks taken
+  out first) trains the final student on the world's data with the teacher recipe, from its
+  weights, in continuations on fresh pools (step distillation's target, the teacher at 8 steps,
+  bounds a distilled student; data does not: docs/training.md, "What limited the student
+  last"), and exports it with its best guidance scale. Each re-exports ``DIR/model``.
 """
 
 from __future__ import annotations
@@ -347,17 +351,33 @@ def main(argv: list[str] | None = None) -> int:
                    help="last, tune the final student MINUTES on partial captions (self-distillation: its "
                         "full-caption predictions are the targets for paraphrases that leave out sizes or the "
                         "background) and export it again; needs a pool of full captions")
+    p.add_argument("--data-student", type=_minutes_list, default=[], metavar="MINUTES[,MINUTES...]",
+                   help="after the students above, train the final student on the world's data (teacher recipe, "
+                        "from its weights; outside the budget) in continuations of these minutes, each on a fresh "
+                        "pool (data seed + 9 + 4k) at half the profile's teacher learning rate, a third of the "
+                        "previous one's after that, and export it with its best guidance scale")
+    p.add_argument("--data-remove", default="", metavar="BLOCKS",
+                   help="with --data-student: comma-separated blocks of the student to remove first "
+                        "(e.g. mid_block.resnets.1)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--ship", action="store_true",
                    help="at the end, copy the model into snapfusion/models/ (the package's default) and the "
                         "world CLIP evaluator (fp16) into snapfusion/models/world_clip/")
     args = p.parse_args(argv)
-    if min(args.distill_more, args.redistill, args.partial_tune, *args.teacher_more) < 0:
-        p.error("--distill-more, --teacher-more, --redistill and --partial-tune must be >= 0 minutes")
+    if min(args.distill_more, args.redistill, args.partial_tune, *args.teacher_more, *args.data_student) < 0:
+        p.error("--distill-more, --teacher-more, --redistill, --partial-tune and --data-student must be >= 0 "
+                "minutes")
     if args.teacher_more == [0.0]:
         args.teacher_more = []
     if 0.0 in args.teacher_more:
         p.error("--teacher-more: every continuation needs > 0 minutes")
+    if args.data_student == [0.0]:
+        args.data_student = []
+    if 0.0 in args.data_student:
+        p.error("--data-student: every continuation needs > 0 minutes")
+    data_remove = [b for b in args.data_remove.split(",") if b.strip()]
+    if data_remove and not args.data_student:
+        p.error("--data-remove needs --data-student (the blocks are removed before that training)")
     if bool(args.teacher_more) != (args.redistill > 0):
         p.error("--teacher-more and --redistill go together: a new teacher needs a new student")
     if not 0.0 <= args.partial_captions <= 1.0:
@@ -630,11 +650,13 @@ def main(argv: list[str] | None = None) -> int:
         return reexport(summary, str(out / "distill_more" / "unet"),
                         f"--distill-more {args.distill_more:g}", distill_more_minutes=args.distill_more)
 
-    def reexport(summary: dict[str, Any], unet: str, flags: str, **extra: float) -> dict[str, Any]:
-        # a new student replaces the exported one, with the same recommended settings
+    def reexport(summary: dict[str, Any], unet: str, flags: str, guidance: float | None = None,
+                 **extra: float) -> dict[str, Any]:
+        # a new student replaces the exported one, with the same recommended settings (or the
+        # guidance scale given)
         from snapfusion.train.export import export_pipeline, folder_size_bytes
 
-        best = float(final["guidance_scale"])
+        best = float(final["guidance_scale"]) if guidance is None else float(guidance)
         summary["after"] = quick_eval(unet, steps=8, guidance=best, vae_dir=paths["small_vae"])
         info = {"num_inference_steps": 8, "guidance_scale": best, "prompt_completion": "shapes-world",
                 "world_metrics": summary["after"],
@@ -690,12 +712,70 @@ def main(argv: list[str] | None = None) -> int:
                         f"--teacher-more {more} --redistill {args.redistill:g}",
                         teacher_more_minutes=sum(args.teacher_more), redistill_minutes=args.redistill)
 
+    def data_name(k: int) -> str:
+        # continuation k of --data-student: its stage (and folder) name
+        return "data_student" if k == 0 else f"data_student{k + 1}"
+
+    def data_student_pool(k: int) -> dict[str, Any]:
+        return {**data, "pool_dir": str(out / ("pool_data" if k == 0 else f"pool_data{k + 1}")),
+                "pool_seed": seed + 9 + 4 * k, "pool_size": args.more_pool_size or pool_size}
+
+    def final_student() -> str:
+        # the UNet of the exported model before --data-student
+        if args.teacher_more:
+            return str(out / "redistill" / "unet")
+        if args.distill_more > 0:
+            return str(out / "distill_more" / "unet")
+        return paths["student"]
+
+    def st_data_student(k: int) -> Callable[[float], dict[str, Any]]:
+        # the final student (first without --data-remove's blocks) trained on the world's data
+        # with the teacher recipe: v-prediction, min-SNR, caption dropout for guidance
+        def stage(_: float) -> dict[str, Any]:
+            from snapfusion.nn import UNet2DConditionModel, block_names
+            from snapfusion.train.evolution import prune_unet
+            from snapfusion.train.teacher import TeacherRecipeConfig, train_teacher
+
+            d = data_student_pool(k)
+            stage_dir = out / data_name(k)
+            if k == 0:
+                init = stage_dir / "init"
+                if not (init / "config.json").is_file():
+                    unet = UNet2DConditionModel.from_pretrained(final_student())
+                    unknown = sorted(set(data_remove) - set(block_names(unet.config)))
+                    if unknown:
+                        raise SystemExit(f"--data-remove: not blocks of the student: {unknown}")
+                    (prune_unet(unet, data_remove) if data_remove else unet).save_pretrained(init)
+            else:
+                init = out / data_name(k - 1) / "unet"
+            tcfg = _train_cfg(prof, "teacher", 60.0 * args.data_student[k], d["pool_seed"], overhead, log_every)
+            tcfg.update(lr=tcfg["lr"] * 0.5 / 3.0 ** k, warmup_steps=min(50, int(tcfg.get("warmup_steps", 50))),
+                        ema_decay=0.998)
+            cfg = TeacherRecipeConfig(tokenizer=tok_dir, text_encoder=paths["text_encoder"], vae=paths["vae"],
+                                      init=str(init), out=str(stage_dir), data=d, train=tcfg)
+            summary = train_teacher(cfg, args.device, progress, world=world(d))
+            unet = str(stage_dir / "unet")
+            if k < len(args.data_student) - 1:
+                return summary
+            sweep = {str(g): quick_eval(unet, steps=8, guidance=g, vae_dir=paths["small_vae"])
+                     for g in prof["eval"]["guidances"]}
+            best = max(sweep, key=lambda g: (sweep[g]["accuracy"], sweep[g]["clip_score"]))
+            summary["sweep"] = sweep
+            minutes = ",".join(f"{m:g}" for m in args.data_student)
+            flags = f"--data-student {minutes}" + (f" --data-remove {','.join(data_remove)}" if data_remove else "")
+            return reexport(summary, unet, flags, guidance=float(best), data_student_minutes=sum(args.data_student))
+
+        return stage
+
     def st_partial_tune(_: float) -> dict[str, Any]:
         # the final student learns prompts that leave out sizes or the background, with its own
         # full-caption predictions as targets, on the pool its last distillation used
         from snapfusion.train.partial import PartialRecipeConfig, tune_partial
 
-        if args.teacher_more:
+        if args.data_student:
+            last = len(args.data_student) - 1
+            unet, d = str(out / data_name(last) / "unet"), data_student_pool(last)
+        elif args.teacher_more:
             unet, d = str(out / "redistill" / "unet"), data_more(len(args.teacher_more) - 1)
         elif args.distill_more > 0:
             unet, d = str(out / "distill_more" / "unet"), data
@@ -728,6 +808,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.teacher_more:
         more = run.run_stage("redistill", st_redistill)
         final = {**final, "bytes": more.get("bytes")}
+    for k in range(len(args.data_student)):
+        more = run.run_stage(data_name(k), st_data_student(k))
+    if args.data_student:
+        final = {**final, "bytes": more.get("bytes"), "guidance_scale": more["after"]["guidance"]}
     if args.partial_tune > 0:
         more = run.run_stage("partial_tune", st_partial_tune)
         final = {**final, "bytes": more.get("bytes")}

@@ -984,7 +984,9 @@ def test_one_shot_more_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureF
                            (["--distill-more", "-2"], ">= 0"),
                            (["--partial-captions", "1.5"], "probability"),
                            (["--partial-tune", "-1"], ">= 0"),
-                           (["--partial-tune", "2", "--partial-captions", "0.5"], "full captions")):
+                           (["--partial-tune", "2", "--partial-captions", "0.5"], "full captions"),
+                           (["--data-student", "2,-1"], ">= 0"), (["--data-student", "2,0"], "> 0 minutes"),
+                           (["--data-remove", "mid_block.resnets.1"], "needs --data-student")):
         with pytest.raises(SystemExit) as exc:
             mod.main(base + extra)
         assert exc.value.code == 2
