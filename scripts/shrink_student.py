@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objective", default="self-distill", choices=("self-distill", "data"),
                    help="train the pruned student on its unpruned self or on the world's data")
     p.add_argument("--minutes", type=float, default=75.0, help="training minutes")
-    p.add_argument("--max-steps", type=int, default=0, help="stop the distillation after this many steps (0: none)")
+    p.add_argument("--max-steps", type=int, default=0, help="stop the training after this many steps (0: none)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-4 self-distill, 2e-4 data)")
     p.add_argument("--ema-decay", type=float, default=0.998)
