@@ -378,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     data_remove = [b for b in args.data_remove.split(",") if b.strip()]
     if data_remove and not args.data_student:
         p.error("--data-remove needs --data-student (the blocks are removed before that training)")
+    if data_remove:  # typos fail now, not after hours of training (the stage checks the student's own list)
+        from snapfusion.nn import block_names
+        from snapfusion.train.world import default_unet_config
+
+        unknown = sorted(set(data_remove) - set(block_names(default_unet_config())))
+        if unknown:
+            p.error(f"--data-remove: not blocks of the world's UNet: {unknown}")
     if bool(args.teacher_more) != (args.redistill > 0):
         p.error("--teacher-more and --redistill go together: a new teacher needs a new student")
     if not 0.0 <= args.partial_captions <= 1.0:

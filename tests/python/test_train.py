@@ -986,7 +986,8 @@ def test_one_shot_more_flags_are_checked(tmp_path: Path, capsys: pytest.CaptureF
                            (["--partial-tune", "-1"], ">= 0"),
                            (["--partial-tune", "2", "--partial-captions", "0.5"], "full captions"),
                            (["--data-student", "2,-1"], ">= 0"), (["--data-student", "2,0"], "> 0 minutes"),
-                           (["--data-remove", "mid_block.resnets.1"], "needs --data-student")):
+                           (["--data-remove", "mid_block.resnets.1"], "needs --data-student"),
+                           (["--data-student", "1", "--data-remove", "mid_block.resnets.7"], "not blocks")):
         with pytest.raises(SystemExit) as exc:
             mod.main(base + extra)
         assert exc.value.code == 2
