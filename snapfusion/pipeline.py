@@ -27,7 +27,6 @@ from .components import AutoencoderKL, PathLike, TextEncoder, UNet
 from .schedulers import scheduler_from_config
 from .tokenizer import CLIPTokenizer
 
-#: Where the embedded default model lives inside the package.
 #: Prompt completions a model folder may ask for (``"prompt_completion"`` in its
 #: ``snapfusion_model.json``): ``"shapes-world"`` fills in what a caption of the synthetic
 #: world leaves out (:func:`snapfusion.data.complete_caption`).

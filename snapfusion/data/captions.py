@@ -355,7 +355,6 @@ def partial_caption(caption: str, rng: np.random.Generator, p: float) -> str:
     return describe(spec, rng, full=spec.region is not None, omit_size=no_size, omit_background=no_bg)
 
 
-
 def _check_generator(rng: object) -> None:
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator, got {type(rng).__name__}")
@@ -440,6 +439,7 @@ def complete_caption(caption: str, rng: np.random.Generator) -> str:
                                            for o in spec.objects):
         return caption
     return describe(complete_spec(spec, rng))
+
 
 MUTABLE_ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "position", "background", "count")
 

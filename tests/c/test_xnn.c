@@ -222,6 +222,18 @@ static void test_conv_shapes(void) {
     }
 }
 
+/* ref[r][o] = bias[o] + sum_i x[r][i] * wt[o][i], accumulated in double. */
+static void linear_ref(const float *x, const float *wt, const float *bias, size_t rows, size_t in,
+                       size_t out, float *ref) {
+    for (size_t r = 0; r < rows; r++)
+        for (size_t o = 0; o < out; o++) {
+            double acc = bias[o];
+            for (size_t i = 0; i < in; i++)
+                acc += (double)x[r * in + i] * wt[o * in + i];
+            ref[r * out + o] = (float)acc;
+        }
+}
+
 static void test_linear_shapes(void) {
     const size_t shapes[][3] = {{1, 3, 5}, {5, 13, 13}, {37, 40, 64}, {77, 70, 37},
                                 {2, 640, 33}, {130, 16, 16}};
@@ -237,13 +249,7 @@ static void test_linear_shapes(void) {
                 EXPECT(!"out of memory");
                 goto next;
             }
-            for (size_t r = 0; r < rows; r++)
-                for (size_t o = 0; o < out; o++) {
-                    double acc = bias[o];
-                    for (size_t i = 0; i < in; i++)
-                        acc += (double)x[r * in + i] * wt[o * in + i];
-                    ref[r * out + o] = (float)acc;
-                }
+            linear_ref(x, wt, bias, rows, in, out, ref);
             EXPECT_OK(sf_linear_create(in, out, wt, s % 2 ? NULL : bias, &lin));
             if (s % 2)
                 for (size_t r = 0; r < rows; r++)
@@ -288,13 +294,7 @@ static void test_every_tile_height(void) {
         EXPECT(!"out of memory");
         goto done;
     }
-    for (size_t r = 0; r < max_rows; r++)
-        for (size_t o = 0; o < out; o++) {
-            double acc = bias[o];
-            for (size_t i = 0; i < in; i++)
-                acc += (double)x[r * in + i] * wt[o * in + i];
-            ref[r * out + o] = (float)acc;
-        }
+    linear_ref(x, wt, bias, max_rows, in, out, ref);
     EXPECT_OK(sf_set_num_threads(1));
     EXPECT_OK(sf_linear_create(in, out, wt, bias, &lin));
     for (size_t rows = 1; rows <= max_rows; rows++) {
