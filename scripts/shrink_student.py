@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--remove none trains the same architecture: only with --objective data")
     if not 0.0 <= args.budget < 1.0 or args.minutes <= 0 or args.evolve_minutes <= 0 or args.max_steps < 0:
         p.error("need 0 < --budget < 1, positive minutes and --max-steps >= 0")
-    if args.pool_size < 64 or args.batch_size < 1:
-        p.error("need --pool-size >= 64 and --batch-size >= 1")
+    if args.pool_size < 64 or args.batch_size < 1 or args.pool_seed < 0:
+        p.error("need --pool-size >= 64, --batch-size >= 1 and --pool-seed >= 0")
     lr = args.lr if args.lr is not None else (2e-4 if args.objective == "data" else 1e-4)
     if not (0.0 < lr < 1.0 and 0.0 <= args.ema_decay < 1.0 and 0.0 <= args.partial_captions <= 1.0):
         p.error("need 0 < --lr < 1, 0 <= --ema-decay < 1 and 0 <= --partial-captions <= 1")

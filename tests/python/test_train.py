@@ -1172,7 +1172,8 @@ def test_shrink_student_script(parts: dict[str, Any], tmp_path: Path) -> None:
     assert "data (teacher recipe)" in info3["trained_with"] and "no block removed" in info3["trained_with"]
     for bad in ([], ["--remove", gone[0], "--budget", "0.5"], ["--remove", "down_blocks.9.attentions.0"],
                 ["--budget", "1.5"], ["--remove", gone[0], "--minutes", "0"], ["--remove", "none"],
-                ["--remove", gone[0], "--lr", "0"], ["--remove", gone[0], "--ema-decay", "1"]):
+                ["--remove", gone[0], "--lr", "0"], ["--remove", gone[0], "--ema-decay", "1"],
+                ["--remove", gone[0], "--partial-captions", "1.5"], ["--remove", gone[0], "--pool-seed", "-1"]):
         with pytest.raises(SystemExit):
             script.main([*base, *bad])
     broken = tmp_path / "broken"  # a model folder whose snapfusion_model.json is not JSON
